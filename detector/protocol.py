@@ -1,0 +1,68 @@
+"""Small types and protocols shared by the worker loop and the connectors that implement them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from detector.stream import EntityState
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One consumed record, as a Source hands it to the worker."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class Source(Protocol):
+    """Where readings come from (Kafka in production)."""
+
+    def poll(self, max_records: int, timeout_ms: int) -> list[Message]:
+        """Return up to ``max_records`` messages, waiting at most ``timeout_ms`` for the first."""
+
+    def commit(self) -> None:
+        """Commit the position after every message returned by ``poll`` so far."""
+
+    def lag(self) -> int | None:
+        """Messages behind the end of the assigned partitions, if known."""
+
+    def close(self) -> None:
+        """Leave the group and release resources."""
+
+
+class Sink(Protocol):
+    """Where alerts, scores and dead letters go (Kafka topics in production)."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue one record; delivery is only guaranteed after ``flush``."""
+
+    def flush(self) -> None:
+        """Block until every queued record is acknowledged; raise if any failed."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+
+
+class StateStore(Protocol):
+    """Per-entity stream state (sliding window + episode), durable across worker restarts.
+
+    ``save`` is compare-and-set on ``EntityState.version``: a state is written only if the stored
+    version still equals the version it was loaded with (0 when it did not exist); the stored
+    version becomes ``version + 1``. This keeps two workers that briefly share an entity during a
+    rebalance from overwriting each other's windows.
+    """
+
+    def load(self, entities: Sequence[str]) -> dict[str, EntityState]:
+        """Return the state of every entity; a fresh ``EntityState`` for unknown ones."""
+
+    def save(self, states: Sequence[EntityState]) -> list[bool]:
+        """Write states (compare-and-set); one flag per state, False where the version moved on."""
+
+    def ping(self) -> bool:
+        """True when the store is reachable."""

@@ -1,0 +1,117 @@
+"""Stream rules shared by offline scoring and the worker: duplicates, gaps, stride, windows.
+
+One entity's readings are pushed through ``advance`` in arrival order. A reading whose timestamp is
+not after the entity's last accepted one is a duplicate (or out of order) and is skipped, which is
+what makes replays after a crash idempotent. A gap longer than ``max_gap_ms`` restarts the window.
+Once ``window`` readings are buffered, the reading that completes a window scores it, and then every
+``stride``-th reading after it does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """How readings become windows; identical offline and online."""
+
+    window: int
+    stride: int = 1
+    max_gap_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.window < 2:
+            raise ValueError(f"window must be at least 2, got {self.window}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be at least 1, got {self.stride}")
+        if self.max_gap_ms is not None and self.max_gap_ms <= 0:
+            raise ValueError(f"max_gap_ms must be positive, got {self.max_gap_ms}")
+
+
+@dataclass(slots=True)
+class EntityState:
+    """What the worker keeps per entity: the last ``window`` raw readings and episode state."""
+
+    entity: str
+    n_channels: int
+    version: int = 0
+    last_ts_ms: int | None = None
+    count: int = 0  # readings accepted since the window last (re)started
+    ts: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    values: np.ndarray | None = None  # (len(ts), n_channels) float64, raw units
+    episode: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.values is None:
+            self.values = np.empty((0, self.n_channels), dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRef:
+    """A complete window, ready to score: ``values`` are raw readings, oldest first."""
+
+    entity: str
+    index: int  # position of the completing reading in the batch passed to ``advance``
+    ts_ms: int  # timestamp of the completing reading
+    start_ms: int  # timestamp of the window's first reading
+    values: np.ndarray  # (window, n_channels) float64
+
+
+@dataclass(slots=True)
+class AdvanceStats:
+    accepted: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+
+
+def advance(
+    state: EntityState, ts_ms: np.ndarray, values: np.ndarray, config: StreamConfig
+) -> tuple[list[WindowRef], AdvanceStats]:
+    """Push a batch of one entity's readings into ``state`` (in place); return the windows to score."""
+    ts_ms = np.asarray(ts_ms, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64).reshape(len(ts_ms), state.n_channels)
+    w, stride, max_gap = config.window, config.stride, config.max_gap_ms
+    stats = AdvanceStats()
+
+    ring_n = len(state.ts)
+    keep = np.zeros(len(ts_ms), dtype=bool)
+    seg_start = 0  # position in the combined buffer where the current unbroken segment begins
+    pos = ring_n
+    last, count = state.last_ts_ms, state.count
+    emits: list[tuple[int, int]] = []  # (batch index, end position in combined buffer)
+    for i, t in enumerate(ts_ms.tolist()):
+        if last is not None and t <= last:
+            stats.duplicates += 1
+            continue
+        if last is not None and max_gap is not None and t - last > max_gap:
+            stats.gaps += 1
+            seg_start, count = pos, 0
+        keep[i] = True
+        pos += 1
+        count += 1
+        last = t
+        if count >= w and (count - w) % stride == 0:
+            emits.append((i, pos))
+    stats.accepted = int(keep.sum())
+
+    all_ts = np.concatenate([state.ts, ts_ms[keep]])
+    all_values = np.concatenate([state.values, values[keep]])
+    windows = [
+        WindowRef(
+            entity=state.entity,
+            index=i,
+            ts_ms=int(all_ts[end - 1]),
+            start_ms=int(all_ts[end - w]),
+            values=all_values[end - w : end],
+        )
+        for i, end in emits
+    ]
+    tail = max(seg_start, pos - w)
+    state.ts = all_ts[tail:pos].copy()
+    state.values = all_values[tail:pos].copy()
+    state.last_ts_ms, state.count = last, count
+    return windows, stats
