@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 
+# A reading more than this many seconds after the previous one starts a new window (the worker's
+# --max-gap-s and offline scoring share this default).
+DEFAULT_MAX_GAP_S = 300
+
 
 @dataclass(frozen=True, slots=True)
 class StreamConfig:

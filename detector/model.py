@@ -1,0 +1,131 @@
+"""``LstmGanDetector``: scales windows, reconstructs them, and turns errors into one score.
+
+score = z(log reconstruction error) + critic_weight * |z(critic output)|, where each z(.) uses a
+centre and spread frozen at training time (``ScoreNormaliser``), never statistics of the batch being
+scored, so a window scores the same alone or in any batch. The error is compared on a log scale
+because faults multiply it; the critic counts in either direction, as TadGAN's critic score does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from detector.network import Networks
+from detector.scaler import StandardScaler
+from detector.score import ScoreBatch, shares
+
+
+@dataclass(frozen=True)
+class ScoreNormaliser:
+    """Frozen statistics that put reconstruction error and critic output on one scale."""
+
+    rec_center: float  # of the log error
+    rec_scale: float
+    critic_center: float = 0.0
+    critic_scale: float = 1.0
+    critic_weight: float = 0.0
+
+    def combine(self, rec: np.ndarray, critic: np.ndarray | None) -> np.ndarray:
+        """``rec`` is the mean squared reconstruction error per window, ``critic`` the critic output."""
+        score = (np.log(np.maximum(rec, 1e-12)) - self.rec_center) / self.rec_scale
+        if critic is not None and self.critic_weight > 0:
+            score = score + self.critic_weight * np.abs(critic - self.critic_center) / self.critic_scale
+        return score
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScoreNormaliser":
+        out = cls(**{k: float(v) for k, v in data.items()})
+        if out.rec_scale <= 0 or out.critic_scale <= 0:
+            raise ValueError("score normaliser scales must be positive")
+        return out
+
+
+def prepare_windows(
+    scaler: StandardScaler, windows: np.ndarray, slow: np.ndarray | None, center_inputs: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale raw windows into (network inputs, reconstruction targets), both float32.
+
+    Slow channels (flagged in ``slow``) lose their window mean in both: the model judges their
+    shape, not their level, so slow plant drifts (temperatures following the weather) do not read
+    as faults. With ``center_inputs`` the encoder sees every channel without its window mean while
+    the targets keep the level of the other channels: the generator must infer the normal level
+    from the shape, so a window whose level moved cannot be reconstructed - an autoencoder that
+    saw the level would simply copy it.
+    """
+    scaled = scaler.transform(windows)
+    mean = scaled.mean(axis=-2, keepdims=True)
+    targets = scaled
+    if slow is not None and slow.any():
+        targets = scaled - np.where(slow, mean, 0.0).astype(np.float32)
+    inputs = (scaled - mean).astype(np.float32) if center_inputs else targets
+    return inputs, targets
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r} (expected auto, cpu or cuda)")
+    return torch.device(device)
+
+
+class LstmGanDetector:
+    """A trained model behind the ``Detector`` contract; also serves ``lstm-ae`` (no critic)."""
+
+    def __init__(
+        self, networks: Networks, scaler: StandardScaler, normaliser: ScoreNormaliser,
+        channels: list[str], version: str, device: str | torch.device = "cpu",
+        slow: np.ndarray | None = None, center_inputs: bool = True, chunk: int = 8192,
+    ) -> None:
+        self.slow = None if slow is None else np.asarray(slow, dtype=bool)
+        self.center_inputs = center_inputs
+        self.networks = networks.eval()
+        self.scaler, self.normaliser = scaler, normaliser
+        self.channels, self.window, self.version = list(channels), networks.shape.window, version
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.networks.to(self.device)
+        self.chunk = chunk
+
+    def prepare(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return prepare_windows(self.scaler, windows, self.slow, self.center_inputs)
+
+    @torch.inference_mode()
+    def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-channel mean squared reconstruction error (B, C) and critic output (B,) or None."""
+        inputs, targets = self.prepare(windows)
+        rec_parts, critic_parts = [], []
+        for start in range(0, len(inputs), self.chunk):
+            stop = start + self.chunk
+            x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(self.device)
+            y = torch.from_numpy(np.ascontiguousarray(targets[start:stop])).to(self.device)
+            err = (self.networks.reconstruct(x) - y).pow(2).mean(dim=1)
+            rec_parts.append(err.double().cpu().numpy())
+            if self.networks.adversarial:
+                critic_parts.append(self.networks.critic_x(y).double().cpu().numpy())
+        c = len(self.channels)
+        rec = np.concatenate(rec_parts) if rec_parts else np.empty((0, c))
+        critic = None
+        if self.networks.adversarial:
+            critic = np.concatenate(critic_parts) if critic_parts else np.empty(0)
+        return rec, critic
+
+    def score(self, windows: np.ndarray) -> ScoreBatch:
+        windows = np.asarray(windows, dtype=np.float64)
+        if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
+            raise ValueError(
+                f"windows must have shape (batch, {self.window}, {len(self.channels)}), "
+                f"got {windows.shape}"
+            )
+        rec, critic = self.components(windows)
+        return ScoreBatch(
+            scores=self.normaliser.combine(rec.mean(axis=1), critic), contributions=shares(rec)
+        )

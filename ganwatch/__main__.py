@@ -1,0 +1,7 @@
+"""``python -m ganwatch``."""
+
+import sys
+
+from ganwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""``ganwatch train``, ``score`` and ``evaluate``: files in, artifact / CSV / JSON out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from connectors.file import DataError, Table, read_table, write_scores_csv
+from detector.artifact import load_artifact, save_artifact
+from detector.offline import score_series
+from detector.stream import DEFAULT_MAX_GAP_S, StreamConfig
+from training.evaluate import evaluate
+from training.trainer import TrainConfig, train
+
+log = logging.getLogger("ganwatch")
+DEFAULTS = TrainConfig()
+
+
+def add_data_arguments(p: argparse.ArgumentParser, channels: bool = True) -> None:
+    p.add_argument("--data", required=True, help="CSV (any delimiter) or Parquet file")
+    p.add_argument("--sep", default=None, help="CSV delimiter (default: detected from the header)")
+    p.add_argument("--timestamp-column", default=None, help="timestamp column (ISO-8601 or epoch)")
+    if channels:
+        p.add_argument("--channels", default=None, help="comma-separated channel columns")
+        p.add_argument("--exclude-columns", default=None,
+                       help="comma-separated columns to leave out when channels are not given")
+
+
+def add_stream_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stride", type=int, default=1,
+                   help="score every k-th reading, as `ganwatch serve --stride` (default 1)")
+    p.add_argument("--max-gap-s", type=float, default=DEFAULT_MAX_GAP_S,
+                   help=f"restart the window after a gap longer than this (default "
+                        f"{DEFAULT_MAX_GAP_S}, 0 = never), as `ganwatch serve`")
+
+
+def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fit a model on normal readings and write an artifact")
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument("--train-rows", type=int, default=None, help="train on the first N rows only")
+    p.add_argument("--window", type=int, default=DEFAULTS.window)
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    p.add_argument("--model", choices=["lstm-gan", "lstm-ae"], default=DEFAULTS.model)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--hidden", type=int, default=DEFAULTS.hidden)
+    p.add_argument("--latent", type=int, default=DEFAULTS.latent)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="score a file with a trained model")
+    p.add_argument("--model", required=True, help="artifact directory")
+    add_data_arguments(p, channels=False)
+    add_stream_arguments(p)
+    p.add_argument("--out", required=True, help="CSV to write: timestamp,score,is_anomaly")
+    p.add_argument("--contributions", action="store_true",
+                   help="add one contrib_<channel> column per channel")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("evaluate", help="score a labelled file and print metrics as JSON")
+    p.add_argument("--model", required=True, help="artifact directory")
+    add_data_arguments(p, channels=False)
+    add_stream_arguments(p)
+    p.add_argument("--label-column", required=True, help="0/1 column marking anomalous rows")
+    p.add_argument("--from-row", type=int, default=0,
+                   help="evaluate rows from this one on (e.g. after the training rows)")
+    p.add_argument("--plot", default=None, help="PNG with channels, score, threshold, anomalies")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def split_names(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise DataError(f"{name} must be positive, got {value}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    for name in ("--window", "--epochs", "--batch-size", "--hidden", "--latent", "--lr"):
+        positive(name, getattr(args, name[2:].replace("-", "_")))
+    positive("--train-rows", args.train_rows)
+    table = read_table(
+        args.data, sep=args.sep, timestamp_column=args.timestamp_column,
+        channels=split_names(args.channels), exclude_columns=split_names(args.exclude_columns) or (),
+    )
+    rows = len(table.values) if args.train_rows is None else min(args.train_rows, len(table.values))
+    need = 2 * args.window + 8
+    if rows < need:
+        raise DataError(
+            f"{args.data}: {rows} training rows, need at least {need} for a window of {args.window} "
+            f"(fitting plus held-back calibration windows)"
+        )
+    config = TrainConfig(
+        model=args.model, window=args.window, epochs=args.epochs, device=args.device, seed=args.seed,
+        batch_size=args.batch_size, hidden=args.hidden, latent=args.latent, lr=args.lr,
+    )
+    ts_ms = table.row_ts_ms()[:rows]
+    values = table.values[:rows]
+    result = train(ts_ms, values, table.channels, config, progress=progress_bar(config, args))
+    meta = save_artifact(
+        args.out, result.networks, result.scaler, result.normaliser, result.threshold,
+        table.channels,
+        extra={
+            "slow_channels": [c for c, s in zip(table.channels, result.slow) if s],
+            "center_inputs": config.center_inputs,
+            "timestamp_column": args.timestamp_column,
+            "hyperparameters": config.to_dict(),
+            "training_data": {"path": str(args.data), "rows": rows,
+                              "fingerprint": fingerprint(ts_ms, values)},
+            "training_metrics": result.metrics,
+        },
+    )
+    from training.report import plot_training_report
+
+    report = Path(args.out) / "report.png"
+    plot_training_report(report, result.history, result.train_scores, result.calib_scores,
+                         result.threshold.value)
+    summary = {
+        "model": str(args.out), "model_version": meta["model_version"], "kind": config.model,
+        "channels": table.channels, "slow_channels": meta["slow_channels"], "rows": rows,
+        "window": config.window, "threshold": round(result.threshold.value, 4),
+        "train_seconds": result.metrics["train_seconds"],
+        "calibration_false_alarm_rate": round(result.metrics["calibration_false_alarm_rate"], 4),
+        "report": str(report),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def progress_bar(config: TrainConfig, args: argparse.Namespace):
+    if args.no_progress or not sys.stderr.isatty():
+        return lambda epoch, losses: log.info("epoch %d/%d %s", epoch, config.epochs, losses)
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.epochs, desc=f"training {config.model}", unit="epoch")
+
+    def update(epoch: int, losses: dict[str, float]) -> None:
+        bar.set_postfix({k[:6]: f"{v:.3g}" for k, v in losses.items()})
+        bar.update(1)
+        if epoch == config.epochs:
+            bar.close()
+
+    return update
+
+
+def fingerprint(ts_ms: np.ndarray, values: np.ndarray) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(ts_ms, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def load_scored(args: argparse.Namespace, label_column: str | None = None):
+    """Load the model and the file with the model's channels; score every row."""
+    if args.stride < 1:
+        raise DataError(f"--stride must be at least 1, got {args.stride}")
+    artifact = load_artifact(args.model, device=args.device)
+    meta = artifact.meta
+    ts_col = args.timestamp_column or meta.get("timestamp_column")
+    table = read_table(args.data, sep=args.sep, timestamp_column=ts_col,
+                       channels=meta["channels"], label_column=label_column)
+    window = artifact.detector.window
+    if len(table.values) < window:
+        raise DataError(f"{args.data}: {len(table.values)} rows, fewer than the window of {window}")
+    stream = StreamConfig(window, args.stride, int(args.max_gap_s * 1000) or None)
+    scored = score_series(artifact.detector, artifact.threshold, table.row_ts_ms(), table.values,
+                          stream)
+    return artifact, table, scored
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    artifact, table, scored = load_scored(args)
+    write_scores_csv(
+        args.out, table.timestamps, scored.scores, scored.flags,
+        contributions=scored.contributions if args.contributions else None,
+        channels=table.channels,
+    )
+    log.info("wrote %d rows to %s (%d anomalous)", len(scored.scores), args.out,
+             int(scored.flags.sum()))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    artifact, table, scored = load_scored(args, label_column=args.label_column)
+    part = slice(args.from_row, None)
+    result = evaluate(table.labels[part], scored.flags[part], scored.scores[part],
+                      ts_ms=table.ts_ms[part] if table.ts_ms is not None else None)
+    result.update(model_version=artifact.meta["model_version"], threshold=artifact.threshold.value,
+                  rows=int(len(table.values[part])))
+    if args.plot:
+        from training.report import plot_evaluation
+
+        x = (table.ts_ms.astype("datetime64[ms]") if table.ts_ms is not None
+             else np.arange(len(table.values)))
+        plot_evaluation(args.plot, x, table.values, table.channels, scored.scores,
+                        artifact.threshold.value, labels=table.labels, flags=scored.flags)
+        result["plot"] = args.plot
+    print(json.dumps(result, indent=2, default=float))
+    return 0

@@ -1,0 +1,170 @@
+"""Detector conformance (River's checks): shapes, determinism, batch invariance, artifact round trip
+and strict refusal of bad artifacts; scaler and calibration basics."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from detector.artifact import ArtifactError, load_artifact, save_artifact
+from detector.scaler import StandardScaler
+from training.trainer import TrainConfig, slow_channels, train
+
+CHANNELS = ["flow", "pressure", "temp"]
+
+
+def normal_data(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    load = np.sin(2 * np.pi * t / 4)  # a fast cycle (pump strokes): not a slow channel
+    values = np.stack([
+        10 + 2 * load + 0.3 * rng.normal(size=n),
+        5 - load + 0.2 * rng.normal(size=n),
+        60 + 0.01 * t + 0.05 * rng.normal(size=n),  # slow, drifting channel
+    ], axis=1)
+    return 1000 * t.astype(np.int64), values
+
+
+@pytest.fixture(scope="module", params=["lstm-gan", "lstm-ae"])
+def trained(request, tmp_path_factory):
+    ts, values = normal_data()
+    config = TrainConfig(model=request.param, window=12, epochs=3, hidden=16, latent=8, seed=3)
+    result = train(ts, values, CHANNELS, config)
+    out = tmp_path_factory.mktemp(request.param)
+    save_artifact(out, result.networks, result.scaler, result.normaliser, result.threshold,
+                  CHANNELS, extra={"slow_channels": [c for c, s in zip(CHANNELS, result.slow) if s],
+                                   "center_inputs": config.center_inputs})
+    return out, result, config
+
+
+def windows_of(values, w):
+    return np.stack([values[i - w + 1 : i + 1] for i in range(w - 1, len(values))])
+
+
+def test_scores_have_one_finite_value_per_window(trained):
+    out, _, config = trained
+    det = load_artifact(out, device="cpu").detector
+    _, values = normal_data(200, seed=1)
+    batch = det.score(windows_of(values, config.window))
+    assert batch.scores.shape == (200 - config.window + 1,)
+    assert batch.scores.dtype == np.float64 and np.isfinite(batch.scores).all()
+    assert batch.contributions.shape == (len(batch.scores), len(CHANNELS))
+    np.testing.assert_allclose(batch.contributions.sum(axis=1), 1.0, rtol=1e-9)
+
+
+def test_a_window_scores_the_same_alone_or_in_any_batch(trained):
+    out, _, config = trained
+    det = load_artifact(out, device="cpu").detector
+    _, values = normal_data(300, seed=2)
+    w = windows_of(values, config.window)
+    together = det.score(w).scores
+    alone = np.array([det.score(w[i : i + 1]).scores[0] for i in range(0, len(w), 17)])
+    np.testing.assert_allclose(alone, together[::17], rtol=0, atol=1e-5)
+    shuffled = np.random.default_rng(0).permutation(len(w))
+    np.testing.assert_allclose(det.score(w[shuffled]).scores, together[shuffled], atol=1e-5)
+    det.chunk = 7  # smaller internal chunks change nothing either
+    np.testing.assert_allclose(det.score(w).scores, together, atol=1e-5)
+
+
+def test_round_trip_reproduces_scores_and_metadata(trained, tmp_path):
+    out, result, config = trained
+    loaded = load_artifact(out, device="cpu")
+    assert loaded.detector.channels == CHANNELS and loaded.detector.window == config.window
+    assert loaded.threshold.value == pytest.approx(result.threshold.value)
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model_version"].startswith(config.model)
+    for key in ("scaler", "score_normaliser", "threshold", "network", "format_version"):
+        assert key in meta
+    _, values = normal_data(100, seed=4)
+    w = windows_of(values, config.window)
+    again = load_artifact(out, device="cpu").detector.score(w).scores
+    np.testing.assert_array_equal(loaded.detector.score(w).scores, again)
+
+
+def test_cpu_training_is_reproducible_with_a_seed():
+    ts, values = normal_data(200)
+    config = TrainConfig(window=8, epochs=2, hidden=8, latent=4, seed=11)
+    a, b = train(ts, values, CHANNELS, config), train(ts, values, CHANNELS, config)
+    for (ka, va), (kb, vb) in zip(a.networks.state_dict().items(), b.networks.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert a.threshold.value == b.threshold.value
+
+
+def copy_artifact(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_refuses_missing_and_unexpected_tensors(trained, tmp_path):
+    out, result, _ = trained
+    bad = copy_artifact(out, tmp_path / "bad")
+    tensors = {k: v.contiguous() for k, v in result.networks.state_dict().items()}
+    missing = dict(tensors)
+    missing.pop(next(iter(missing)))
+    save_file(missing, str(bad / "model.safetensors"))
+    with pytest.raises(ArtifactError, match="missing"):
+        load_artifact(bad, device="cpu")
+    save_file({**tensors, "extra.weight": torch.zeros(2)}, str(bad / "model.safetensors"))
+    with pytest.raises(ArtifactError, match="unexpected"):
+        load_artifact(bad, device="cpu")
+
+
+def test_refuses_mis_shaped_tensors(trained, tmp_path):
+    out, result, _ = trained
+    bad = copy_artifact(out, tmp_path / "bad")
+    tensors = {k: v.contiguous() for k, v in result.networks.state_dict().items()}
+    name = "encoder.head.weight"
+    tensors[name] = torch.zeros(tensors[name].shape[0] + 1, tensors[name].shape[1])
+    save_file(tensors, str(bad / "model.safetensors"))
+    with pytest.raises(ArtifactError, match="shape"):
+        load_artifact(bad, device="cpu")
+
+
+def test_refuses_pickles_and_non_safetensors(trained, tmp_path):
+    out, _, _ = trained
+    bad = copy_artifact(out, tmp_path / "bad")
+    (bad / "model.pt").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    with pytest.raises(ArtifactError, match="safetensors"):
+        load_artifact(bad, device="cpu")
+    (bad / "model.pt").unlink()
+    (bad / "model.safetensors").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(ArtifactError, match="not a valid safetensors"):
+        load_artifact(bad, device="cpu")
+
+
+def test_refuses_bad_metadata(trained, tmp_path):
+    out, _, _ = trained
+    bad = copy_artifact(out, tmp_path / "bad")
+    meta = json.loads((bad / "model.json").read_text())
+    (bad / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="format_version"):
+        load_artifact(bad, device="cpu")
+    (bad / "model.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_artifact(bad, device="cpu")
+    (bad / "model.json").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_artifact(bad, device="cpu")
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_artifact(tmp_path / "nowhere", device="cpu")
+
+
+def test_scaler_uses_training_rows_and_never_divides_by_zero():
+    values = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
+    scaler = StandardScaler.fit(values)
+    np.testing.assert_allclose(scaler.mean, [3.0, 5.0])
+    assert (scaler.scale > 0).all()
+    out = scaler.transform(np.array([[3.0, 5.0]]))
+    assert out.dtype == np.float32 and np.allclose(out, 0)
+    again = StandardScaler.from_dict(scaler.to_dict())
+    np.testing.assert_array_equal(again.scale, scaler.scale)
+    with pytest.raises(ValueError):
+        StandardScaler.from_dict({"kind": "standard", "mean": [0.0], "scale": [0.0]})
+
+
+def test_slow_channels_are_the_smooth_drifting_ones():
+    _, values = normal_data(400)
+    np.testing.assert_array_equal(slow_channels(values, 0.7), [False, False, True])

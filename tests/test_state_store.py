@@ -1,0 +1,286 @@
+"""One ``StateStore`` contract over every implementation, then what only the Redis store promises."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+import redis
+from redis.connection import Connection
+from redis.crc import key_slot
+
+from connectors.embedded import EmbeddedRedis
+from connectors.redis_store import (
+    DEFAULT_TTL_S,
+    RedisStateStore,
+    StateDecodeError,
+    redact_url,
+    redis_client_from_url,
+)
+from detector.memory import InMemoryStateStore
+from detector.protocol import StateStore
+from detector.stream import EntityState
+
+N = 3
+ODD_NAMES = ["pump 7", "{braced}", "a}b{c", "}", "{", "", "泵-7 ✓", "ns:{x}:y", "tab\there"]
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    if request.param == "memory":
+        return InMemoryStateStore(N)
+    client = request.getfixturevalue("redis_client")
+    return RedisStateStore(client, N, namespace=uuid.uuid4().hex)
+
+
+@pytest.fixture
+def redis_store(redis_client: redis.Redis) -> RedisStateStore:
+    return RedisStateStore(redis_client, N, namespace=uuid.uuid4().hex)
+
+
+def filled(entity: str, rows: int = 5, seed: int = 0) -> EntityState:
+    rng = np.random.default_rng(seed)
+    ts = np.arange(rows, dtype=np.int64) * 60_000 + 1_583_748_873_000
+    return EntityState(
+        entity=entity,
+        n_channels=N,
+        last_ts_ms=int(ts[-1]) if rows else None,
+        count=rows + 7,
+        ts=ts,
+        values=rng.normal(size=(rows, N)),
+        episode={"active": True, "start_ms": 1, "peak_score": 2.5, "peak_channels": ["P", "温度"]},
+    )
+
+
+def assert_same(a: EntityState, b: EntityState) -> None:
+    assert (a.entity, a.n_channels) == (b.entity, b.n_channels)
+    assert (a.last_ts_ms, a.count) == (b.last_ts_ms, b.count)
+    assert a.ts.dtype == np.int64 and np.array_equal(a.ts, b.ts)
+    assert a.values.shape == b.values.shape and a.values.dtype == np.float64
+    # bit-exact, NaN payloads and signed zeros included
+    assert np.array_equal(a.values.view(np.uint64), b.values.view(np.uint64))
+    assert a.episode == b.episode
+
+
+# ---- the contract, over every implementation ----
+
+
+def test_unknown_entity_is_fresh(store: StateStore) -> None:
+    state = store.load(["never-seen"])["never-seen"]
+    assert state.version == 0 and state.last_ts_ms is None and state.count == 0
+    assert state.ts.shape == (0,) and state.values.shape == (0, N) and state.episode == {}
+
+
+def test_round_trip_is_bit_exact(store: StateStore) -> None:
+    state = filled("pump-7")
+    state.values[0] = [np.nan, -0.0, np.inf]
+    state.values[1] = [5e-324, -np.inf, np.finfo(np.float64).max]
+    state.ts[-1] = np.iinfo(np.int64).max
+    state.episode = {"nested": {"list": [1, None, "x"]}, "peak_score": None, "normal_run": 3}
+    assert store.save([state]) == [True]
+    assert_same(store.load(["pump-7"])["pump-7"], state)
+
+
+def test_empty_window_round_trip(store: StateStore) -> None:
+    state = EntityState("warming", N, count=0)
+    assert store.save([state]) == [True]
+    loaded = store.load(["warming"])["warming"]
+    assert_same(loaded, state)
+    assert loaded.last_ts_ms is None
+
+
+def test_version_bumps_on_each_save(store: StateStore) -> None:
+    state = filled("v")
+    assert store.save([state]) == [True]
+    assert state.version == 1
+    loaded = store.load(["v"])["v"]
+    assert loaded.version == 1
+    loaded.count += 1
+    assert store.save([loaded]) == [True]
+    assert loaded.version == 2
+    assert store.load(["v"])["v"].version == 2
+
+
+def test_second_writer_loses_compare_and_set(store: StateStore) -> None:
+    for existing in (False, True):
+        entity = f"shared-{existing}"
+        if existing:
+            store.save([filled(entity, seed=9)])
+        first = store.load([entity])[entity]
+        second = store.load([entity])[entity]
+        first.values = np.full((2, N), 1.0)
+        first.ts = np.array([1, 2], dtype=np.int64)
+        second.values = np.full((3, N), 2.0)
+        second.ts = np.array([1, 2, 3], dtype=np.int64)
+        version = second.version
+        assert store.save([first]) == [True]
+        assert store.save([second]) == [False]
+        assert second.version == version  # a lost write must not look like a saved one
+        stored = store.load([entity])[entity]
+        assert_same(stored, first)
+        assert stored.version == first.version
+
+
+def test_many_entities_in_one_call(store: StateStore) -> None:
+    names = [f"e{i}" for i in range(20)]
+    states = [filled(n, rows=i % 4, seed=i) for i, n in enumerate(names)]
+    assert store.save(states) == [True] * 20
+    stale = store.load(["e3"])["e3"]
+    stale.version = 0  # as if loaded before the save above
+    fresh = store.load(["e4"])["e4"]
+    assert store.save([stale, fresh, filled("new")]) == [False, True, True]
+    loaded = store.load(names + ["e0", "unknown"])  # duplicates are fine
+    assert set(loaded) == set(names) | {"unknown"}
+    for i, n in enumerate(names):
+        assert_same(loaded[n], states[i])
+    assert loaded["e4"].version == 2 and loaded["e3"].version == 1
+    assert loaded["unknown"].version == 0
+
+
+def test_empty_calls(store: StateStore) -> None:
+    assert store.load([]) == {}
+    assert store.save([]) == []
+    assert store.ping() is True
+
+
+def test_odd_entity_names_stay_separate(store: StateStore) -> None:
+    states = [filled(name, rows=i + 1, seed=i) for i, name in enumerate(ODD_NAMES)]
+    assert store.save(states) == [True] * len(states)
+    loaded = store.load(ODD_NAMES)
+    for state in states:
+        assert_same(loaded[state.entity], state)
+
+
+# ---- Redis only ----
+
+
+def test_key_layout_hash_tag_and_ttl(redis_store: RedisStateStore, redis_client: redis.Redis) -> None:
+    redis_store.save([filled("pump-7")])
+    key = f"ganwatch:{redis_store.namespace}:{{pump-7}}"
+    assert redis_store.key("pump-7") == key
+    assert redis_client.exists(key) == 1
+    assert key_slot(key.encode()) == key_slot(b"pump-7")
+    assert 0 < redis_client.ttl(key) <= DEFAULT_TTL_S
+    assert redis_client.hget(key, "version") == b"1"
+
+    forever = RedisStateStore(redis_client, N, prefix="gw", namespace=redis_store.namespace, ttl_s=None)
+    forever.save([filled("pump-7")])
+    assert redis_client.ttl(f"gw:{redis_store.namespace}:{{pump-7}}") == -1
+
+
+def test_namespaces_and_channel_mismatch(
+    redis_store: RedisStateStore, redis_client: redis.Redis
+) -> None:
+    redis_store.save([filled("pump-7")])
+    other_ns = RedisStateStore(redis_client, 2, namespace=redis_store.namespace + "-2ch")
+    assert other_ns.load(["pump-7"])["pump-7"].version == 0
+    same_ns = RedisStateStore(redis_client, 2, namespace=redis_store.namespace)
+    with pytest.raises(StateDecodeError, match="own namespace"):
+        same_ns.load(["pump-7"])
+
+
+def test_rejects_bad_arguments(redis_client: redis.Redis) -> None:
+    with pytest.raises(ValueError, match="braces"):
+        RedisStateStore(redis_client, N, namespace="{x}")
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisStateStore(redis.Redis(decode_responses=True), N)
+    store = RedisStateStore(redis_client, N, namespace=uuid.uuid4().hex)
+    bad = EntityState("x", N, ts=np.array([1], dtype=np.int64), values=np.zeros((1, N + 1)))
+    with pytest.raises(ValueError, match="shape"):
+        store.save([bad])
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Counts writes to Redis sockets: one per command, or one per whole pipeline."""
+    calls = [0]
+    original = Connection.send_packed_command
+
+    def counting(self: Connection, *args: object, **kwargs: object) -> None:
+        calls[0] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+
+    def take() -> int:
+        n, calls[0] = calls[0], 0
+        return n
+
+    return take
+
+
+def test_load_and_save_are_one_round_trip(
+    redis_store: RedisStateStore, redis_client: redis.Redis, round_trips: Callable[[], int]
+) -> None:
+    names = [f"e{i}" for i in range(25)]
+    redis_store.save([filled("warm-up")])  # connection handshake and script load out of the way
+    round_trips()
+    for n in names[:5]:
+        redis_client.hgetall(redis_store.key(n))
+    assert round_trips() == 5  # the counter sees separate commands
+    loaded = redis_store.load(names)
+    assert round_trips() == 1
+    assert redis_store.save(list(loaded.values())) == [True] * len(names)
+    assert round_trips() == 1
+
+
+def test_save_survives_script_flush(redis_store: RedisStateStore, redis_client: redis.Redis) -> None:
+    state = filled("s")
+    assert redis_store.save([state]) == [True]
+    redis_client.script_flush()
+    state.count += 1
+    stale = redis_store.load(["s"])["s"]
+    stale.version = 0
+    assert redis_store.save([state, stale]) == [True, False]
+    loaded = redis_store.load(["s"])["s"]
+    assert loaded.version == 2 and loaded.count == state.count
+
+
+def test_store_recovers_after_redis_restart(embedded_redis: EmbeddedRedis) -> None:
+    client = redis_client_from_url(embedded_redis.url)
+    store = RedisStateStore(client, N)
+    try:
+        assert store.save([filled("r")]) == [True]
+        embedded_redis.restart()
+        # The pooled connection is dead and the client does not retry: at most a failed ping or
+        # two before it reconnects (the worker retries with backoff in the same way).
+        assert any(store.ping() for _ in range(3))
+        assert store.load(["r"])["r"].version == 0  # no persistence: the state is gone
+        state = filled("r")
+        assert store.save([state]) == [True]  # script cache was lost too: NOSCRIPT handled
+        assert_same(store.load(["r"])["r"], state)
+    finally:
+        client.close()
+
+
+def test_ping_false_when_redis_is_down(embedded_redis: EmbeddedRedis) -> None:
+    client = redis_client_from_url(embedded_redis.url, connect_timeout_s=0.5, socket_timeout_s=0.5)
+    store = RedisStateStore(client, N)
+    assert store.ping() is True
+    embedded_redis.stop()
+    assert store.ping() is False
+    with pytest.raises(redis.ConnectionError):
+        store.load(["x"])
+    client.close()
+
+
+def test_redact_url() -> None:
+    assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("rediss://user:s3cret@h/1") == "rediss://user:***@h/1"
+    assert redact_url("redis://h:6379/0?password=s3cret&db=1") == "redis://h:6379/0?password=***&db=1"
+    assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert "s3cret" not in redact_url("redis://u:s3cret@[::1]:6379/0")
+
+
+def test_client_factory_options() -> None:
+    with pytest.raises(ValueError, match="redis:// or rediss://"):
+        redis_client_from_url("http://:pw@h/0")
+    with pytest.raises(ValueError, match="rediss://"):
+        redis_client_from_url("redis://h/0", ssl_ca="/etc/ca.pem")
+    client = redis_client_from_url("rediss://h:6380/2", password="pw", ssl_ca="/etc/ca.pem")
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["password"] == "pw" and kwargs["ssl_ca_certs"] == "/etc/ca.pem" and kwargs["db"] == 2
+    assert kwargs["retry"].get_retries() == 0 and kwargs["socket_timeout"] == 5.0
+    assert not kwargs.get("decode_responses")

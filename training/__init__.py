@@ -1,0 +1,1 @@
+"""Offline training: fit a model on normal readings, calibrate its threshold, evaluate, report."""
