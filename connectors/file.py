@@ -80,8 +80,8 @@ def read_table(
     frame = _read_frame(Path(path), sep, timestamp_column)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
-    wanted = ([timestamp_column] if timestamp_column else []) + ([label_column] if label_column else [])
-    for col in [*wanted, *(channels or ()), *exclude_columns]:
+    named = [c for c in (timestamp_column, label_column) if c]
+    for col in [*named, *(channels or ()), *exclude_columns]:
         if col not in columns:
             raise DataError(f"{name}: unknown column {col!r}; available: {', '.join(columns)}")
     if len(frame) == 0:
@@ -255,8 +255,9 @@ def _labels(name: str, column: str, col: pd.Series) -> np.ndarray:
     bad = ~np.isin(numbers, (0.0, 1.0))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{name}: label column {column!r} row {row}: {str(col.iloc[row])[:40]!r} "
-                        "is not 0 or 1")
+        value = col.iloc[row]
+        text = "missing value" if pd.isna(value) else repr(str(value)[:40])
+        raise DataError(f"{name}: label column {column!r} row {row}: {text} is not 0 or 1")
     return numbers.astype(np.int64)
 
 

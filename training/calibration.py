@@ -2,9 +2,10 @@
 
 Rule (documented in the README): on the held-back normal windows, the log reconstruction error and the
 critic output are each centred on their median and divided by their robust spread (IQR / 1.349,
-the standard deviation for Gaussian data). The score is their weighted sum, and the threshold is the
-``threshold_quantile`` of the held-back scores plus ``threshold_margin`` times their IQR: normal data
-the model never saw stays below it with a margin for the slow drift that real plants show.
+the standard deviation for Gaussian data). The score is the log-error term plus ``critic_weight``
+times the absolute critic term. The threshold is the highest held-back score plus
+``threshold_margin`` times the scores' robust spread: normal data the model never saw stays below
+it, with a margin for the slow drift that real plants show.
 """
 
 from __future__ import annotations
@@ -46,11 +47,9 @@ def calibrate(
     detector.normaliser = normaliser
     calib_scores = detector.score(calib_windows).scores
     train_scores = detector.score(fit_windows).scores
-    q25, q75 = np.percentile(calib_scores, [25, 75])
-    value = float(np.quantile(calib_scores, config.threshold_quantile)
-                  + config.threshold_margin * (q75 - q25))
+    value = float(calib_scores.max() + config.threshold_margin * robust_spread(calib_scores))
     rule = (
-        f"quantile {config.threshold_quantile} of {len(calib_scores)} held-back normal window "
-        f"scores + {config.threshold_margin} x their IQR"
+        f"max of {len(calib_scores)} held-back normal window scores + {config.threshold_margin} x "
+        f"their robust spread (IQR/1.349)"
     )
     return normaliser, Threshold(value, rule), train_scores, calib_scores

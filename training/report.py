@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 WIDTH_IN = 12.0
@@ -62,14 +63,15 @@ def plot_training_report(
     loss_ax, hist_ax = fig.subplots(1, 2)
     for key, losses in history.items():
         losses = np.asarray(losses, dtype=np.float64)
-        loss_ax.plot(np.arange(1, len(losses) + 1), losses, marker="o" if len(losses) < 30 else None,
-                     markersize=3, label=key)
+        marker = "o" if len(losses) < 30 else None
+        loss_ax.plot(np.arange(1, len(losses) + 1), losses, marker=marker, markersize=3, label=key)
     if history:
         loss_ax.legend(fontsize="small")
     else:
         loss_ax.text(0.5, 0.5, "no training history", ha="center", va="center",
                      transform=loss_ax.transAxes)
     loss_ax.set(title="losses per epoch", xlabel="epoch", ylabel="loss")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.grid(alpha=0.3)
 
     train, calib = _finite(train_scores), _finite(calib_scores)
@@ -127,7 +129,8 @@ def plot_evaluation(
 
     ax = axes[-1]
     ax.plot(x, scores, linewidth=0.8, color="black", label="score")
-    ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label=f"threshold {threshold:.4g}")
+    ax.axhline(threshold, color="red", linestyle="--", linewidth=1,
+               label=f"threshold {threshold:.4g}")
     if truth is not None:
         _shade(ax, x, truth, color="orange", alpha=0.25, label="true anomaly")
     if flags is not None:

@@ -43,10 +43,9 @@ class TrainConfig:
     gp_weight: float = 10.0
     rec_weight: float = 10.0
     adv_weight: float = 1.0
-    critic_weight: float = 2.0  # weight of the critic term in the score, after normalisation
+    critic_weight: float = 0.5  # weight of the critic term in the score, after normalisation
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
-    threshold_quantile: float = 0.995
-    threshold_margin: float = 1.0  # threshold = quantile + margin * IQR of held-back scores
+    threshold_margin: float = 2.0  # threshold = max held-back score + margin * their spread
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
     max_gap_ms: int | None = None

@@ -1,0 +1,379 @@
+"""Settings of ``ganwatch serve``: one pydantic model, four layers.
+
+Precedence, lowest to highest: field defaults < config file (YAML or JSON, ``--config PATH`` or
+``GANWATCH_CONFIG``) < environment variables ``GANWATCH_<FIELD>`` < command-line flags ``--field-name``.
+Every validation problem becomes one ``SettingsError`` line naming the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUndefined
+
+from detector.stream import DEFAULT_MAX_GAP_S
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "GANWATCH_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+FLAG_OVERRIDES = {"input_topics": "--input-topic"}  # repeatable flag, one topic each
+SECRET_MASK = "***"
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
+
+
+class SettingsError(ValueError):
+    """Invalid settings, as one line that names the flag and environment variable."""
+
+
+def flag_of(name: str) -> str:
+    return FLAG_OVERRIDES.get(name, "--" + name.replace("_", "-"))
+
+
+def env_of(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def label(name: str) -> str:
+    """``--stride (GANWATCH_STRIDE)``: how errors name a setting."""
+    return f"{flag_of(name)} ({env_of(name)})"
+
+
+class Settings(BaseModel):
+    """Everything ``ganwatch serve`` can be told; field names are the contract for flags and env."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    # what to run
+    model: str = Field(description="Artifact directory written by `ganwatch train`.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device for scoring.")
+    # Kafka
+    bootstrap_servers: str = Field(description="Kafka brokers, `host:port[,host:port]`.")
+    input_topics: list[str] = Field(
+        min_length=1, description="Topics with readings (flag repeatable; env comma-separated).")
+    group_id: str = Field("ganwatch", min_length=1, description="Kafka consumer group.")
+    alerts_topic: str = Field(description="Topic the alerts are published to.")
+    dead_letter_topic: str = Field(description="Topic for messages that cannot be processed.")
+    scores_topic: str | None = Field(None, description="Optional topic for every window's score.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (needed by the SASL_* protocols).")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (secret; prefer the environment variable).")
+    ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates.")
+    ssl_certfile: str | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: str | None = Field(None, description="Private key of the client certificate.")
+    session_timeout_ms: int = Field(10000, ge=1, description="Consumer group session timeout.")
+    heartbeat_interval_ms: int = Field(3000, ge=1, description="Consumer heartbeat interval.")
+    fetch_max_wait_ms: int = Field(500, ge=0, description="Longest a fetch waits on the broker.")
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none", description="Compression of produced alerts (snappy/lz4/zstd need the `fast` extra).")
+    # Redis
+    redis_url: str = Field(description="Redis for window state: `redis://`, `rediss://` or `unix://`.")
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (secret; overrides one in the URL).")
+    redis_ssl_ca: str | None = Field(None, description="CA bundle for a `rediss://` Redis.")
+    state_ttl_s: int = Field(7 * 24 * 3600, ge=1,
+                             description="Entity state expires after this many idle seconds (7 days).")
+    state_prefix: str = Field("ganwatch", min_length=1, description="Prefix of the Redis keys.")
+    # stream and alert rules
+    max_batch: int = Field(4096, ge=1, description="Most messages scored in one batch.")
+    max_wait_ms: int = Field(100, ge=0, description="Longest wait for a batch to fill.")
+    stride: int = Field(1, ge=1, description="Score every k-th reading of an entity.")
+    alert_mode: Literal["episode", "window"] = Field(
+        "episode", description="`episode`: start/end alerts; `window`: one alert per anomalous window.")
+    episode_end_windows: int = Field(
+        5, ge=1, description="Consecutive normal windows that end an episode.")
+    max_gap_s: float = Field(DEFAULT_MAX_GAP_S, ge=0,
+                             description="The window restarts after a gap longer than this (0 = never).")
+    missing_channel: Literal["carry", "dead-letter"] = Field(
+        "carry", description="A reading without some channel: carry the last value or dead-letter it.")
+    entity_field: str = Field("entity", min_length=1, description="JSON field with the entity name.")
+    ts_field: str = Field("ts", min_length=1, description="JSON field with the reading's timestamp.")
+    values_field: str = Field("values", min_length=1, description="JSON field with channel values.")
+    # operations
+    metrics_port: int = Field(9108, ge=0, le=65535,
+                              description="Port of /metrics, /healthz and /readyz (0 = off).")
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["json", "text"] = Field("text", description="Log line format.")
+    reload_poll_s: float = Field(10, ge=0,
+                                 description="Check the artifact for a new model this often (0 = off).")
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)):
+            return [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+        return value
+
+    @field_validator("input_topics")
+    @classmethod
+    def _topic_names(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            if not _TOPIC.match(topic):
+                raise ValueError(f"not a valid Kafka topic name: {topic!r}")
+        return value
+
+    @field_validator("alerts_topic", "dead_letter_topic", "scores_topic")
+    @classmethod
+    def _topic_name(cls, value: str | None) -> str | None:
+        if value is not None and not _TOPIC.match(value):
+            raise ValueError(f"not a valid Kafka topic name: {value!r}")
+        return value
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("needs at least one host:port")
+        for server in servers:
+            match = _HOST_PORT.match(server)
+            if not match or not 0 < int(match.group(2)) < 65536:
+                raise ValueError(f"expected host:port[,host:port], got {server!r}")
+        return ",".join(servers)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {_mask_url(value)!r}")
+        return value
+
+    @field_validator("security_protocol", "sasl_mechanism", "log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("device", "alert_mode", "missing_channel", "log_format", "compression_type",
+                     mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "redis_ssl_ca")
+    @classmethod
+    def _files(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl:
+            missing = [label(n) for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                       if not getattr(self, n)]
+            if missing:
+                raise ValueError(f"--security-protocol {self.security_protocol} needs "
+                                 + ", ".join(missing))
+        else:
+            given = [label(n) for n in ("sasl_mechanism", "sasl_username", "sasl_password")
+                     if getattr(self, n)]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but --security-protocol "
+                                 f"{self.security_protocol} does not use SASL")
+        if not tls:
+            given = [label(n) for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                     if getattr(self, n)]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but --security-protocol "
+                                 f"{self.security_protocol} does not use TLS")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError(f"{label('ssl_certfile')} and {label('ssl_keyfile')} go together")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(f"{label('heartbeat_interval_ms')} must be below "
+                             f"{label('session_timeout_ms')}, got {self.heartbeat_interval_ms} >= "
+                             f"{self.session_timeout_ms}")
+        if self.redis_ssl_ca and urlsplit(self.redis_url).scheme != "rediss":
+            raise ValueError(f"{label('redis_ssl_ca')} needs a rediss:// {label('redis_url')}")
+        return self
+
+    @classmethod
+    def load(cls, cli: Mapping[str, Any], env: Mapping[str, str] = os.environ,
+             config_path: str | None = None) -> "Settings":
+        """Merge defaults < config file < ``GANWATCH_*`` environment < ``cli`` and validate."""
+        raw: dict[str, Any] = {}
+        source: dict[str, str] = {}
+        path = config_path or env.get(CONFIG_ENV) or None
+        if path:
+            for key, value in read_config_file(path).items():
+                name = str(key).replace("-", "_")
+                if name not in cls.model_fields:
+                    raise SettingsError(f"config file {path}: unknown setting {key!r}")
+                raw[name], source[name] = value, f"config file {path}"
+        for name in cls.model_fields:
+            value = env.get(env_of(name))
+            if value is not None and value.strip():  # an empty variable counts as unset
+                raw[name], source[name] = value, "environment"
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in cls.env_names())
+        if unknown:
+            log.warning("ignoring unknown settings variables: %s", ", ".join(unknown))
+        for name, value in cli.items():
+            if value is None:
+                continue
+            if name not in cls.model_fields:
+                raise SettingsError(f"unknown setting {name!r}")
+            raw[name], source[name] = value, "command line"
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc, source)) from None
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every ``GANWATCH_*`` variable ``load`` reads."""
+        return {env_of(name) for name in cls.model_fields} | {CONFIG_ENV}
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings for logs: secrets masked, passwords in URLs masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = SECRET_MASK
+            elif isinstance(value, str) and "://" in value:
+                value = _mask_url(value)
+            elif isinstance(value, list):
+                value = list(value)
+            out[name] = value
+        return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{SECRET_MASK}@{host}"))
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A flat mapping of settings from a YAML or JSON file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise SettingsError(f"config file {path}: not valid {kind}: "
+                            + " ".join(str(exc).split())) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: expected a mapping of settings, "
+                            f"got {type(data).__name__}")
+    return data
+
+
+def _problem(err: Mapping[str, Any], secret: bool) -> str:
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    got = "" if secret else f", got {value}"
+    if kind == "missing":
+        return "is required"
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+              "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        limit = int(limit) if isinstance(limit, float) and limit.is_integer() else limit
+        return f"must be {bounds[kind]} {limit}{got}"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}" + ("" if secret else f", got {value!r}")
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return "must be a whole number" + ("" if secret else f", got {value!r}")
+    if kind in ("float_parsing", "float_type"):
+        return "must be a number" + ("" if secret else f", got {value!r}")
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty"
+    return str(err.get("msg", kind)).lower()
+
+
+def describe_errors(exc: ValidationError, source: Mapping[str, str]) -> str:
+    """One line for all problems: ``--stride (GANWATCH_STRIDE): must be >= 1, got 0 (from environment)``."""
+    lines = []
+    for err in exc.errors():
+        loc = err.get("loc") or ()
+        name = loc[0] if loc and loc[0] in Settings.model_fields else None
+        if name is None:
+            lines.append(str((err.get("ctx") or {}).get("error", err.get("msg"))))
+            continue
+        secret = name.endswith("password")
+        where = f" (from {source[name]})" if name in source else ""
+        lines.append(f"{label(name)}: {_problem(err, secret)}{where}")
+    return "; ".join(" ".join(line.split()) for line in lines)
+
+
+def _choices(name: str) -> list[str] | None:
+    annotation = Settings.model_fields[name].annotation
+    args = getattr(annotation, "__args__", ())
+    for arg in (annotation, *args):
+        if getattr(arg, "__origin__", None) is Literal:
+            return [str(a) for a in arg.__args__]
+    return None
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag with default None (unset), so env and config file can fill it."""
+    parser.add_argument("--config", default=None, metavar="PATH",
+                        help=f"YAML or JSON file of settings (env {CONFIG_ENV})")
+    for name, info in Settings.model_fields.items():
+        choices = _choices(name)
+        kwargs: dict[str, Any] = {"dest": name, "help": f"{info.description} (env {env_of(name)})"}
+        if name == "log_level":
+            # the top-level parser owns --log-level; SUPPRESS keeps its value when serve omits it
+            kwargs["default"] = argparse.SUPPRESS
+        else:
+            kwargs["default"] = None
+        if choices:
+            kwargs["metavar"] = "{" + ",".join(choices) + "}"
+        if name == "input_topics":
+            kwargs.update(action="append", metavar="TOPIC")
+        parser.add_argument(flag_of(name), **kwargs)
+
+
+def _default_text(name: str) -> str:
+    info = Settings.model_fields[name]
+    if info.default is PydanticUndefined:
+        return "required"
+    if info.default is None:
+        return "unset"
+    return f"`{info.default}`"
+
+
+def settings_reference_markdown() -> str:
+    """The settings table for the README, generated from the model so it cannot drift."""
+    rows = ["| Flag | Environment variable | Default | Description |", "| --- | --- | --- | --- |",
+            f"| `--config` | `{CONFIG_ENV}` | unset | YAML or JSON file with any of the settings "
+            f"below, keyed by field name (e.g. `max_batch`). |"]
+    for name, info in Settings.model_fields.items():
+        description = info.description or ""
+        choices = _choices(name)
+        if choices:
+            description += " One of " + ", ".join(f"`{c}`" for c in choices) + "."
+        rows.append(f"| `{flag_of(name)}` | `{env_of(name)}` | {_default_text(name)} | "
+                    f"{description.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_reference_markdown(), end="")
