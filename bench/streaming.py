@@ -12,7 +12,8 @@ Figures (all from the same broker, Redis and default-shaped model):
 - ``pure_scoring``: ``bench.scoring.rate`` at the worker's batch size (windows/s).
 - ``latency``: readings replayed at a fixed rate, stamped with the wall clock when sent; the worker
   alerts per window (``--alert-mode window``) with a threshold that about half the windows exceed;
-  latency = ``detected_at`` - reading timestamp, p50 and p99.
+  latency = ``detected_at`` - reading timestamp, p50 and p99 (``flushed_*``: up to the producer
+  flush that delivered the alert, from the worker's ``event_to_alert_seconds`` histogram).
 
 Throughput runs use a threshold no window reaches (no alerts), so they measure the loop and the
 model rather than the alerts topic. The consumer timings are the tests' fast ones (tansu holds a
@@ -22,7 +23,6 @@ group join for about session_timeout/2); the join is outside every measured inte
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import uuid
@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Callable
 
 import numpy as np
+import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from bench.scoring import N_CHANNELS, default_detector, rate
@@ -42,8 +43,6 @@ from detector.protocol import Message
 from detector.score import Threshold
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig
-
-log = logging.getLogger(__name__)
 
 CONSUMER = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "fetch_max_wait_ms": 100}
 MAX_WAIT_MS = 100  # the worker's poll wait: bounds how long a lone reading sits before scoring
@@ -268,26 +267,54 @@ def latency(rig: Rig, rate_per_s: float, seconds: float, entities: int, stride: 
     lat = np.array([iso_to_ms(a["detected_at"]) - a["ts_ms"] for a in docs], dtype=np.float64)
     if not len(lat):
         raise RuntimeError("no alerts to measure latency on")
+    # the worker's own histogram: reading timestamp to the producer flush that delivered the alert
+    flushed = 1000 * np.asarray(worker.metrics.observations.get("event_to_alert_seconds", [0.0]))
     return {
         "rate_readings_per_second": rate_per_s, "seconds": seconds, "entities": entities,
-        "stride": stride, "readings": sent, "windows_scored": int(
-            worker.metrics.count("windows_scored_total")),
-        "alerts": len(docs), "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()),
+        "stride": stride, "readings": sent,
+        "windows_scored": int(worker.metrics.count("windows_scored_total")), "alerts": len(docs),
+        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()), "flushed_p50_ms": round(float(np.percentile(flushed, 50)), 1),
+        "flushed_p99_ms": round(float(np.percentile(flushed, 99)), 1),
     }
 
 
+def measure(rig: Rig, topic: str, readings: int, stride_one_readings: int, raw_rate: float,
+            latency_rate: float, latency_seconds: float, latency_entities: int) -> dict:
+    """Worker rates, pure scoring and latency with the current torch thread count."""
+    out: dict = {"torch_threads": torch.get_num_threads()}
+    out["worker_stride_10"] = worker_rate(rig, topic, readings, 10)
+    # the first stride_one_readings of the same topic, read again by a fresh group
+    out["worker_stride_1"] = worker_rate(rig, topic, min(stride_one_readings, readings), 1)
+    out["pure_scoring"] = {"batch": rig.max_batch,
+                           "windows_per_second": round(rate(rig.detector, rig.max_batch), 1)}
+    out["latency"] = latency(rig, latency_rate, latency_seconds, latency_entities, 1)
+    out["ratio_e2e_to_raw_stride_10"] = round(
+        out["worker_stride_10"]["readings_per_second"] / raw_rate, 3)
+    out["ratio_e2e_to_scoring_stride_1"] = round(
+        out["worker_stride_1"]["windows_per_second"] / out["pure_scoring"]["windows_per_second"], 3)
+    return out
+
+
 def run(readings: int = 20_000, entities: int = 50, stride_one_readings: int = 10_000,
-        max_batch: int = 500, latency_rate: float = 200.0, latency_seconds: float = 15.0,
-        latency_entities: int = 10, device: str = "auto", quick: bool = False) -> dict:
-    """All the figures of the module docstring, with e2e/raw (stride 10) and e2e/scoring (stride 1)."""
+        max_batch: int = 500, latency_rate: float = 200.0, latency_seconds: float = 10.0,
+        latency_entities: int = 10, device: str = "auto", compare_one_thread: bool = True,
+        quick: bool = False) -> dict:
+    """All the figures of the module docstring, with e2e/raw (stride 10) and e2e/scoring (stride 1).
+
+    With torch's default thread count above one and ``compare_one_thread``, the worker, scoring
+    and latency figures are measured again with one torch thread (``one_torch_thread``): LSTM
+    inference is many tiny parallel regions, and on a small machine that also runs the broker
+    and Redis, waiting for a descheduled second thread can cost more than it gains.
+    """
     if quick:
-        readings, stride_one_readings, latency_seconds = 5_000, 2_000, 6.0
+        readings, entities, stride_one_readings, latency_seconds = 5_000, 20, 2_000, 5.0
     dev = resolve_device(device)
     detector = default_detector(str(dev))
     out: dict = {"device": str(dev), "window": detector.window, "channels": N_CHANNELS,
                  "max_batch": max_batch, "max_wait_ms": MAX_WAIT_MS, "entities": entities,
                  "consumer": dict(CONSUMER)}
+    threads = torch.get_num_threads()
     with EmbeddedKafka() as kafka, EmbeddedRedis() as redis_server:
         rig = Rig(kafka, redis_server, detector, max_batch)
         try:
@@ -297,16 +324,16 @@ def run(readings: int = 20_000, entities: int = 50, stride_one_readings: int = 1
             produce_readings(kafka.bootstrap, topic, readings, entities)
             out["produce_seconds"] = round(time.perf_counter() - started, 3)
             out["raw_consume"] = raw_consume_rate(kafka.bootstrap, topic, readings, max_batch)
-            out["worker_stride_10"] = worker_rate(rig, topic, readings, 10)
-            # the first stride_one_readings of the same topic: offsets 0.. in a fresh group
-            out["worker_stride_1"] = worker_rate(rig, topic, min(stride_one_readings, readings), 1)
-            out["pure_scoring"] = {
-                "batch": max_batch, "windows_per_second": round(rate(detector, max_batch), 1)}
-            out["latency"] = latency(rig, latency_rate, latency_seconds, latency_entities, 1)
+            raw = out["raw_consume"]["messages_per_second"]
+            args = (readings, stride_one_readings, raw, latency_rate, latency_seconds,
+                    latency_entities)
+            out.update(measure(rig, topic, *args))
+            if compare_one_thread and threads > 1 and dev.type == "cpu":
+                torch.set_num_threads(1)
+                try:
+                    out["one_torch_thread"] = measure(rig, topic, *args)
+                finally:
+                    torch.set_num_threads(threads)
         finally:
             rig.close()
-    out["ratio_e2e_to_raw_stride_10"] = round(
-        out["worker_stride_10"]["readings_per_second"] / out["raw_consume"]["messages_per_second"], 3)
-    out["ratio_e2e_to_scoring_stride_1"] = round(
-        out["worker_stride_1"]["windows_per_second"] / out["pure_scoring"]["windows_per_second"], 3)
     return out

@@ -21,6 +21,10 @@ from ganwatch.settings import Settings, add_serve_arguments
 log = logging.getLogger(__name__)
 
 
+class StartupError(ValueError):
+    """A server named in the settings cannot be reached or bound (one line, exit status 2)."""
+
+
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="consume readings from Kafka and publish alerts")
     add_serve_arguments(p)
@@ -59,6 +63,7 @@ def build_worker(settings: Settings, stop: threading.Event) -> tuple[Worker, obj
     from connectors.kafka import KafkaSink, KafkaSource, security_config
     from connectors.prometheus import HealthServer, PrometheusMetrics
     from connectors.redis_store import RedisStateStore, redis_client_from_url
+    from kafka.errors import KafkaError
 
     model_dir = Path(settings.model)
     first = load_artifact(model_dir, device=settings.device)
@@ -80,14 +85,22 @@ def build_worker(settings: Settings, stop: threading.Event) -> tuple[Worker, obj
         ssl_cafile=settings.ssl_cafile, ssl_certfile=settings.ssl_certfile,
         ssl_keyfile=settings.ssl_keyfile,
     )
-    source = KafkaSource(
-        settings.input_topics, settings.group_id, settings.bootstrap_servers, security,
-        max_poll_records=settings.max_batch, session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-    )
     compression = None if settings.compression_type == "none" else settings.compression_type
-    sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression)
+    source = None
+    try:
+        source = KafkaSource(
+            settings.input_topics, settings.group_id, settings.bootstrap_servers, security,
+            max_poll_records=settings.max_batch, session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
+        sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression)
+    except KafkaError as exc:  # kafka-python gives up bootstrapping: one line, not a traceback
+        if source is not None:
+            source.close()
+        reason = str(exc) or type(exc).__name__
+        where = settings.bootstrap_servers
+        raise StartupError(f"cannot connect to Kafka at {where}: {reason}") from None
     client = redis_client_from_url(
         settings.redis_url,
         password=settings.redis_password.get_secret_value() if settings.redis_password else None,
@@ -108,8 +121,17 @@ def build_worker(settings: Settings, stop: threading.Event) -> tuple[Worker, obj
     worker = Worker(source, sink, store, loader, config, metrics)
     health = None
     if settings.metrics_port:
-        health = HealthServer(settings.metrics_host, settings.metrics_port, metrics,
-                              ready_fn=lambda: worker.ready, live_fn=lambda: worker.alive).start()
+        try:
+            health = HealthServer(
+                settings.metrics_host, settings.metrics_port, metrics,
+                ready_fn=lambda: worker.ready, live_fn=lambda: worker.alive,
+            ).start()
+        except OSError as exc:  # port taken, host not local...
+            source.close()
+            sink.close()
+            client.close()
+            raise StartupError(f"cannot serve metrics on {settings.metrics_host}:"
+                               f"{settings.metrics_port}: {exc.strerror or exc}") from None
     if settings.reload_poll_s:
         watch_file(model_dir / "model.json", worker.request_reload, stop, settings.reload_poll_s)
     return worker, health, client

@@ -17,7 +17,10 @@ from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticUndefined
 
 from detector.stream import DEFAULT_MAX_GAP_S
@@ -120,19 +123,12 @@ class Settings(BaseModel):
             return [t.strip() for item in items for t in str(item).split(",") if t.strip()]
         return value
 
-    @field_validator("input_topics")
+    @field_validator("input_topics", "alerts_topic", "dead_letter_topic", "scores_topic")
     @classmethod
-    def _topic_names(cls, value: list[str]) -> list[str]:
-        for topic in value:
+    def _topic_names(cls, value: list[str] | str | None) -> list[str] | str | None:
+        for topic in [value] if isinstance(value, str) else value or ():
             if not _TOPIC.match(topic):
                 raise ValueError(f"not a valid Kafka topic name: {topic!r}")
-        return value
-
-    @field_validator("alerts_topic", "dead_letter_topic", "scores_topic")
-    @classmethod
-    def _topic_name(cls, value: str | None) -> str | None:
-        if value is not None and not _TOPIC.match(value):
-            raise ValueError(f"not a valid Kafka topic name: {value!r}")
         return value
 
     @field_validator("bootstrap_servers")
@@ -154,16 +150,13 @@ class Settings(BaseModel):
             raise ValueError(f"must start with redis://, rediss:// or unix://, got {_mask_url(value)!r}")
         return value
 
-    @field_validator("security_protocol", "sasl_mechanism", "log_level", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator("device", "alert_mode", "missing_channel", "log_format", "compression_type",
-                     mode="before")
-    @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
+    def _choice_case(cls, value: Any, info: ValidationInfo) -> Any:
+        """Choices match case-insensitively: ``sasl_ssl`` is ``SASL_SSL``, ``CPU`` is ``cpu``."""
+        choices = _choices(info.field_name) if isinstance(value, str) else None
+        folded = {c.lower(): c for c in choices or ()}
+        return folded.get(value.strip().lower(), value) if choices else value
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "redis_ssl_ca")
     @classmethod
@@ -174,26 +167,18 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
-        sasl = self.security_protocol.startswith("SASL_")
-        tls = self.security_protocol.endswith("SSL")
-        if sasl:
+        protocol = self.security_protocol
+        sasl = [n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, n)]
+        if protocol.startswith("SASL_") and len(sasl) < 3:
             missing = [label(n) for n in ("sasl_mechanism", "sasl_username", "sasl_password")
-                       if not getattr(self, n)]
-            if missing:
-                raise ValueError(f"--security-protocol {self.security_protocol} needs "
-                                 + ", ".join(missing))
-        else:
-            given = [label(n) for n in ("sasl_mechanism", "sasl_username", "sasl_password")
-                     if getattr(self, n)]
-            if given:
-                raise ValueError(f"{', '.join(given)} set but --security-protocol "
-                                 f"{self.security_protocol} does not use SASL")
-        if not tls:
-            given = [label(n) for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-                     if getattr(self, n)]
-            if given:
-                raise ValueError(f"{', '.join(given)} set but --security-protocol "
-                                 f"{self.security_protocol} does not use TLS")
+                       if n not in sasl]
+            raise ValueError(f"--security-protocol {protocol} needs {', '.join(missing)}")
+        tls = [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, n)]
+        for names, used, what in ((sasl, protocol.startswith("SASL_"), "SASL"),
+                                  (tls, protocol.endswith("SSL"), "TLS")):
+            if names and not used:  # credentials that would be silently ignored
+                raise ValueError(f"{', '.join(map(label, names))} set but --security-protocol "
+                                 f"{protocol} does not use {what}")
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ValueError(f"{label('ssl_certfile')} and {label('ssl_keyfile')} go together")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
@@ -362,7 +347,8 @@ def _default_text(name: str) -> str:
 
 def settings_reference_markdown() -> str:
     """The settings table for the README, generated from the model so it cannot drift."""
-    rows = ["| Flag | Environment variable | Default | Description |", "| --- | --- | --- | --- |",
+    rows = ["| Flag | Environment variable | Default | Description |",
+            "| --- | --- | --- | --- |",
             f"| `--config` | `{CONFIG_ENV}` | unset | YAML or JSON file with any of the settings "
             f"below, keyed by field name (e.g. `max_batch`). |"]
     for name, info in Settings.model_fields.items():

@@ -1,0 +1,314 @@
+"""``ganwatch demo``: broker, Redis, simulated pumps, a trained model and the worker on one machine.
+
+It starts a memory-only Kafka-protocol broker (tansu) and Redis on free loopback ports, simulates
+pumps with injected faults, trains one ``lstm-gan`` on every pump's fault-free prefix, runs the
+worker in a thread, replays the rest of the telemetry interleaved, prints alerts as they arrive and
+ends with a summary (faults detected or missed, false alarms, delays, throughput), a JSON file and a
+PNG. Everything it started is stopped on exit, Ctrl-C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from connectors.file import Table, read_table
+from detector.stream import DEFAULT_MAX_GAP_S
+from ganwatch import demo_report as report
+from ganwatch import demo_stream as live
+from ganwatch.demo_stream import say
+from training.trainer import TrainConfig, TrainResult
+
+TOPICS = {"input": "ganwatch.readings", "alerts": "ganwatch.alerts",
+          "dead_letter": "ganwatch.dead-letter", "scores": "ganwatch.scores"}
+INPUT_PARTITIONS = 4
+DEFAULT_ENTITIES, DEFAULT_ROWS, DEFAULT_EPOCHS, DEFAULT_SPEEDUP = 3, 2400, 10, 30.0
+DAYS = 4  # simulated days in a run, so that training sees almost two of them
+TRAIN_SHARE = 0.75  # of each pump's fault-free prefix; the rest is replayed as unseen normal data
+WORKER_TIMEOUT_S = 120.0  # for the worker to catch up once everything is published
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole pipeline on simulated pumps with injected faults")
+    p.add_argument("--entities", type=int, default=DEFAULT_ENTITIES, help="number of pumps (default %(default)s)")
+    p.add_argument("--rows", type=int, default=DEFAULT_ROWS,
+                   help=f"readings per pump, 1 s apart, a simulated day being 1/{DAYS} of them "
+                        f"(default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and the training")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default %(default)s)")
+    p.add_argument("--out", default="demo-out", help="output directory: model, data, report (default %(default)s)")
+    p.add_argument("--speedup", type=float, default=DEFAULT_SPEEDUP,
+                   help="replay X times faster than the readings' timing, 0 = as fast as "
+                        "possible (default %(default)s)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave broker, Redis and worker up afterwards, until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    entities: int = DEFAULT_ENTITIES
+    rows: int = DEFAULT_ROWS
+    seed: int = 0
+    epochs: int = DEFAULT_EPOCHS
+    out: str = "demo-out"
+    speedup: float = DEFAULT_SPEEDUP
+    keep_running: bool = False
+
+    def check(self) -> None:
+        if not 1 <= self.entities <= 50:
+            raise ValueError(f"--entities must be between 1 and 50, got {self.entities}")
+        if self.rows < 400:
+            raise ValueError(f"--rows must be at least 400, got {self.rows}")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.speedup < 0:
+            raise ValueError(f"--speedup must be 0 (as fast as possible) or more, got {self.speedup}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    opts = DemoOptions(args.entities, args.rows, args.seed, args.epochs, args.out, args.speedup,
+                       args.keep_running)
+    opts.check()
+    run_demo(opts)
+    return 0
+
+
+@dataclass
+class Scenario:
+    """The simulated pumps: telemetry with its faults, the CSV files and where training ends."""
+
+    telemetry: Any
+    tables: dict[str, Table]
+    paths: list[Path]
+    train_rows: int
+
+
+def simulate_pumps(opts: DemoOptions, directory: Path) -> Scenario:
+    from ganwatch.simulator import simulate, write_csv
+
+    names = [f"pump-{i + 1}" for i in range(opts.entities)]
+    telemetry = simulate(names, opts.rows, opts.seed, period=opts.rows // DAYS)
+    paths = write_csv(telemetry, directory)
+    # read back through the file reader, as `ganwatch train` and `replay` would read them
+    tables = {e: read_table(p, timestamp_column="ts", channels=list(telemetry.channels))
+              for e, p in zip(names, paths)}
+    train_rows = int(telemetry.normal_rows * TRAIN_SHARE) // 4 * 4  # see training_set
+    return Scenario(telemetry, tables, paths, train_rows)
+
+
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    """Run the demo end to end; return the summary (also written to ``<out>/summary.json``)."""
+    from connectors.embedded import EmbeddedKafka, EmbeddedRedis
+    from connectors.kafka import create_topics
+
+    started = time.monotonic()
+    out = Path(opts.out)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet_libraries())
+        stack.enter_context(_terminate_as_interrupt())
+        say(f"ganwatch demo: {opts.entities} pumps x {opts.rows} readings, output in {out}/")
+        say("[1/6] starting the Kafka-protocol broker (tansu) and Redis on 127.0.0.1")
+        kafka = stack.enter_context(EmbeddedKafka())
+        redis = stack.enter_context(EmbeddedRedis())
+        servers = {"kafka": {"pid": kafka.pid, "bootstrap": kafka.bootstrap},
+                   "redis": {"pid": redis.pid, "url": redis.url}}
+        create_topics(kafka.bootstrap, [TOPICS["input"]], partitions=INPUT_PARTITIONS)
+        create_topics(kafka.bootstrap, [TOPICS["alerts"], TOPICS["dead_letter"], TOPICS["scores"]])
+        say(f"      broker {kafka.bootstrap} (pid {kafka.pid}), Redis {redis.url} (pid {redis.pid})")
+        say(f"      topics {TOPICS['input']} ({INPUT_PARTITIONS} partitions), "
+            + ", ".join(TOPICS[k] for k in ("alerts", "dead_letter", "scores")))
+
+        say("[2/6] simulating pump telemetry with injected faults")
+        sim = simulate_pumps(opts, out / "data")
+        say(f"      channels {', '.join(sim.telemetry.channels)}; CSV files in {out / 'data'}/")
+        for f in sim.telemetry.faults:
+            ts = sim.tables[f.entity].ts_ms
+            say(f"      fault: {f.entity:<8} {f.kind:<17} on {f.channel:<11} "
+                f"{report.iso(ts[f.start])[11:19]} to {report.iso(ts[f.end - 1])[11:19]}")
+
+        config = TrainConfig(epochs=opts.epochs, seed=opts.seed, max_gap_ms=DEFAULT_MAX_GAP_S * 1000)
+        say(f"[3/6] training {config.model} on the first {sim.train_rows} fault-free readings of "
+            f"each pump ({config.epochs} epochs)")
+        model_dir = out / "model"
+        meta, result = train_model(sim.tables, sim.train_rows, config, model_dir, opts.seed)
+        say(f"      model {meta['model_version']} in {model_dir}/ (threshold "
+            f"{result.threshold.value:.2f}, {result.metrics['train_seconds']:.0f} s)")
+
+        say("[4/6] starting the worker")
+        running, metrics_port, alerts, scores = _start_worker(stack, kafka.bootstrap, redis.url,
+                                                              model_dir)
+        say(f"      metrics and health on http://127.0.0.1:{metrics_port}/metrics")
+
+        replayed = {e: live.rows_from(t, sim.train_rows) for e, t in sim.tables.items()}
+        n_live = len(next(iter(replayed.values())).values)
+        pace = f"{opts.speedup:g}x real time" if opts.speedup else "as fast as possible"
+        say(f"[5/6] replaying the next {n_live} readings of each pump, interleaved, {pace}; "
+            f"alerts as they arrive:")
+        say("      " + report.TABLE_HEADER)
+        replay_started = time.monotonic()
+        published = live.replay_interleaved(replayed, kafka.bootstrap, TOPICS["input"], opts.speedup)
+        windows = sum(max(0, len(t.values) - config.window + 1) for t in replayed.values())
+        caught_up = live.wait_for_worker(running, windows, alerts, scores, WORKER_TIMEOUT_S)
+        stream_s = time.monotonic() - replay_started
+
+        say("[6/6] summary")
+        spans = report.fault_spans(sim.telemetry.faults,
+                                   {e: t.ts_ms for e, t in sim.tables.items()}, config.window)
+        summary = report.summarise(spans, alerts.records(),
+                                   {e: int(t.ts_ms[-1]) for e, t in sim.tables.items()})
+        summary.update(live.throughput(running, published, stream_s, caught_up))
+        for line in report.summary_lines(summary):
+            say("  " + line)
+        png = report.plot_demo_report(
+            out / "demo-report.png", {e: (t.ts_ms, t.values) for e, t in replayed.items()},
+            list(sim.telemetry.channels), live.score_series(scores.records()),
+            result.threshold.value, spans, report.unique_alerts(alerts.records()))
+        summary.update(
+            options=asdict(opts), model=str(model_dir), model_version=meta["model_version"],
+            threshold=result.threshold.value, train_seconds=result.metrics["train_seconds"],
+            train_rows_per_entity=sim.train_rows, replayed_rows_per_entity=n_live, topics=TOPICS,
+            servers=servers, report=str(png), data=[str(p) for p in sim.paths],
+            wall_seconds=round(time.monotonic() - started, 1))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        say(f"  Report: {png}")
+        say(f"  Summary JSON: {out / 'summary.json'}")
+        if opts.keep_running:
+            first = next(iter(sim.tables))
+            say(live.keep_running_help(kafka.bootstrap, redis.url, metrics_port, TOPICS,
+                                       sim.tables[first], sim.paths[0], config.window))
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+        say("stopping the worker, the broker and Redis")
+    say(f"done in {time.monotonic() - started:.0f} s")
+    return summary
+
+
+def _start_worker(stack: contextlib.ExitStack, bootstrap: str, redis_url: str, model_dir: Path
+                  ) -> tuple[Any, int, live.TopicTail, live.TopicTail]:
+    """The worker in a thread, with fast consumer settings, plus readers of alerts and scores."""
+    from connectors.embedded import free_port
+    from ganwatch.serve import start_worker
+    from ganwatch.settings import Settings
+
+    settings = Settings.load({
+        "model": str(model_dir), "bootstrap_servers": bootstrap, "input_topics": [TOPICS["input"]],
+        "group_id": "ganwatch-demo", "alerts_topic": TOPICS["alerts"],
+        "dead_letter_topic": TOPICS["dead_letter"], "scores_topic": TOPICS["scores"],
+        "redis_url": redis_url, "metrics_host": "127.0.0.1", "metrics_port": free_port(),
+        # tansu holds a group join for about session_timeout / 2
+        "session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "fetch_max_wait_ms": 100,
+    }, env={})  # the demo's own servers, whatever GANWATCH_* says
+    alerts = stack.enter_context(live.TopicTail(bootstrap, TOPICS["alerts"],
+                                                on_record=live.show_alert))
+    scores = stack.enter_context(live.TopicTail(bootstrap, TOPICS["scores"]))
+    running = start_worker(settings)
+    stack.callback(live.stop_worker, running)
+    return running, settings.metrics_port, alerts, scores
+
+
+def training_set(tables: dict[str, Table], rows: int, calib_fraction: float,
+                 gap_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pump's first ``rows`` readings as one series the trainer splits as intended.
+
+    The trainer fits on the first ``1 - calib_fraction`` of the rows and calibrates on the rest, so
+    the pumps' fitting parts come first and their held-back parts last (``rows`` a multiple of 4
+    makes the split exact for the default 0.25); a gap of ``gap_ms``, longer than the stream's
+    ``max_gap``, between the parts keeps any window from spanning two of them.
+    """
+    fit = int(round(rows * (1 - calib_fraction)))
+    parts = [t.values[:fit] for t in tables.values()] + [t.values[fit:rows] for t in tables.values()]
+    stamps, t0 = [], 0
+    for part in parts:
+        stamps.append(t0 + 1000 * np.arange(len(part), dtype=np.int64))
+        t0 = int(stamps[-1][-1]) + gap_ms
+    return np.concatenate(stamps), np.concatenate(parts)
+
+
+def train_model(tables: dict[str, Table], rows: int, config: TrainConfig, model_dir: Path,
+                seed: int) -> tuple[dict[str, Any], TrainResult]:
+    """Train one model on every pump's first ``rows`` readings; write artifact and training PNG."""
+    from detector.artifact import save_artifact
+    from training.report import plot_training_report
+    from training.trainer import train
+
+    ts_ms, values = training_set(tables, rows, config.calib_fraction, 2 * config.max_gap_ms)
+    channels = next(iter(tables.values())).channels
+    with _progress(config.epochs) as progress:
+        result = train(ts_ms, values, channels, config, progress=progress)
+    meta = save_artifact(
+        model_dir, result.networks, result.scaler, result.normaliser, result.threshold, channels,
+        extra={"slow_channels": [c for c, s in zip(channels, result.slow) if s],
+               "center_inputs": config.center_inputs, "timestamp_column": "ts",
+               "hyperparameters": config.to_dict(),
+               "training_data": {"source": "ganwatch demo simulator", "seed": seed,
+                                 "entities": list(tables), "rows_per_entity": rows},
+               "training_metrics": result.metrics})
+    plot_training_report(model_dir / "report.png", result.history, result.train_scores,
+                         result.calib_scores, result.threshold.value)
+    return meta, result
+
+
+@contextlib.contextmanager
+def _progress(epochs: int) -> Iterator[Callable[[int, dict[str, float]], None]]:
+    """A progress bar on a terminal, else one line per epoch."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        with tqdm(total=epochs, desc="      training", unit="epoch") as bar:
+            def update(epoch: int, losses: dict[str, float]) -> None:
+                bar.set_postfix({k[:6]: f"{v:.3g}" for k, v in losses.items()})
+                bar.update(1)
+            yield update
+        return
+    started = time.monotonic()
+    yield lambda epoch, losses: say(
+        f"      epoch {epoch}/{epochs}: reconstruction {losses['reconstruction']:.4f} "
+        f"({time.monotonic() - started:.0f} s)")
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the exit stack stops every server it started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """At the default INFO level the clients' connection chatter would bury the alert table."""
+    if logging.getLogger().getEffectiveLevel() != logging.INFO:
+        yield
+        return
+    quiet = {"kafka": logging.ERROR, "connectors": logging.WARNING, "detector": logging.WARNING,
+             "ganwatch": logging.WARNING, "training": logging.WARNING}
+    previous = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in previous.items():
+            logging.getLogger(name).setLevel(level)

@@ -1,0 +1,139 @@
+"""``ganwatch train / score / evaluate`` end to end on small files, and their one-line errors."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ganwatch.cli import main
+
+SKAB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "skab" / "valve1" / "0.csv"
+
+
+def write_series(path: Path, n: int = 300, seed: int = 0, spike_at: int | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    load = np.sin(2 * np.pi * t / 6)
+    frame = pd.DataFrame({
+        "time": pd.date_range("2024-01-01", periods=n, freq="s").strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "flow": 10 + 2 * load + 0.2 * rng.normal(size=n),
+        "pressure": 5 - load + 0.2 * rng.normal(size=n),
+        "label": 0,
+    })
+    if spike_at is not None:
+        frame.loc[spike_at : spike_at + 20, "flow"] += 8.0
+        frame.loc[spike_at : spike_at + 20, "label"] = 1
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    data = write_series(tmp / "normal.csv")
+    out = tmp / "model"
+    code = main(["train", "--data", str(data), "--out", str(out), "--timestamp-column", "time",
+                 "--exclude-columns", "label", "--window", "8", "--epochs", "3", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_artifact_and_report(model_dir):
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["channels"] == ["flow", "pressure"] and meta["window"] == 8
+    assert meta["timestamp_column"] == "time"
+    assert meta["training_data"]["fingerprint"].startswith("sha256:")
+    assert meta["threshold"]["value"] > 0 and "held-back" in meta["threshold"]["rule"]
+    assert (model_dir / "model.safetensors").stat().st_size > 1000
+    assert (model_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_score_gives_one_row_per_input_row(model_dir, tmp_path):
+    data = write_series(tmp_path / "live.csv", n=120, seed=5, spike_at=60)
+    out = tmp_path / "scores.csv"
+    assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+                 "--contributions"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 120
+    assert list(rows[0]) == ["timestamp", "score", "is_anomaly", "contrib_flow", "contrib_pressure"]
+    assert rows[0]["timestamp"] == "2024-01-01T00:00:00Z"  # as in the input
+    assert all(r["score"] == "" and r["is_anomaly"] == "0" for r in rows[:7])
+    assert all(r["score"] != "" for r in rows[7:])
+    flagged = [i for i, r in enumerate(rows) if r["is_anomaly"] == "1"]
+    assert flagged and min(flagged) >= 60  # the spike, not the normal start
+    assert float(rows[70]["contrib_flow"]) > float(rows[70]["contrib_pressure"])
+
+
+def test_evaluate_prints_metrics_json(model_dir, tmp_path, capsys):
+    data = write_series(tmp_path / "labelled.csv", n=160, seed=6, spike_at=90)
+    plot = tmp_path / "eval.png"
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data),
+                 "--label-column", "label", "--plot", str(plot)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("precision", "recall", "f1", "far", "event_recall", "pr_auc", "mean_delay_rows"):
+        assert key in result
+    assert result["event_recall"] == 1.0 and result["recall"] > 0.5
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "ganwatch", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--data", "nowhere.csv", "--out", "x"], "nowhere.csv"),
+        (["train", "--data", "{normal}", "--out", "{tmp}/m", "--channels", "flow,nope"], "nope"),
+        (["train", "--data", "{normal}", "--out", "{tmp}/m", "--window", "0"], "--window"),
+        (["train", "--data", "{short}", "--out", "{tmp}/m", "--window", "16"], "rows"),
+        (["train", "--data", "{normal}", "--out", "{tmp}/m", "--timestamp-column", "nope"], "nope"),
+        (["score", "--model", "{tmp}/missing", "--data", "{normal}", "--out", "{tmp}/s.csv"],
+         "missing"),
+        (["score", "--model", "{model}", "--data", "{normal}", "--out", "{tmp}/s.csv",
+          "--stride", "0"], "--stride"),
+        (["evaluate", "--model", "{model}", "--data", "{normal}", "--label-column", "nope"],
+         "nope"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(args, needle, tmp_path, model_dir):
+    normal = write_series(tmp_path / "normal.csv", n=200)
+    short = write_series(tmp_path / "short.csv", n=20)
+    fill = {"normal": str(normal), "short": str(short), "tmp": str(tmp_path), "model": str(model_dir)}
+    proc = run_cli(*[a.format(**fill) for a in args])
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert needle in lines[0]
+
+
+def test_non_increasing_timestamps_are_refused(tmp_path):
+    path = write_series(tmp_path / "bad.csv", n=100)
+    frame = pd.read_csv(path)
+    frame.loc[50, "time"] = frame.loc[10, "time"]
+    frame.to_csv(path, index=False)
+    proc = run_cli("train", "--data", str(path), "--out", str(tmp_path / "m"),
+                   "--timestamp-column", "time")
+    assert proc.returncode != 0 and "increas" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.skipif(not SKAB.exists(), reason="SKAB data lives in ../shared beside the checkout")
+def test_train_and_evaluate_on_a_skab_file(tmp_path, capsys):
+    out = tmp_path / "skab"
+    assert main(["train", "--data", str(SKAB), "--out", str(out), "--timestamp-column",
+                 "datetime", "--exclude-columns", "anomaly,changepoint", "--train-rows", "400",
+                 "--epochs", "4", "--no-progress"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert len(meta["channels"]) == 8 and meta["training_data"]["rows"] == 400
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(SKAB), "--label-column",
+                 "anomaly", "--from-row", "400"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == len(pd.read_csv(SKAB, sep=";")) - 400
+    assert 0.0 <= result["f1"] <= 1.0 and result["pr_auc"] > 0.5
