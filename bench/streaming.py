@@ -15,6 +15,9 @@ Figures (all from the same broker, Redis and default-shaped model):
   latency = ``detected_at`` - reading timestamp, p50 and p99 (``flushed_*``: up to the producer
   flush that delivered the alert, from the worker's ``event_to_alert_seconds`` histogram).
 
+Torch runs with the thread count ``ganwatch serve`` uses (its ``torch_threads`` setting, applied by
+the same ``ganwatch.runtime.apply_torch_threads``), so the figures are the ones serve would see.
+
 Throughput runs use a threshold no window reaches (no alerts), so they measure the loop and the
 model rather than the alerts topic. The consumer timings are the tests' fast ones (tansu holds a
 group join for about session_timeout/2); the join is outside every measured interval.
@@ -43,11 +46,14 @@ from detector.protocol import Message
 from detector.score import Threshold
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig
+from ganwatch.runtime import apply_torch_threads
+from ganwatch.settings import Settings
 
 CONSUMER = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "fetch_max_wait_ms": 100}
 MAX_WAIT_MS = 100  # the worker's poll wait: bounds how long a lone reading sits before scoring
 T0_MS = 1_700_000_000_000
 DEADLINE_S = 120.0  # any single phase; a hung broker must not hang the benchmark
+SERVE_TORCH_THREADS: int = Settings.model_fields["torch_threads"].default
 
 
 def reading(entity: str, ts_ms: int, row: np.ndarray) -> bytes:
@@ -298,14 +304,15 @@ def measure(rig: Rig, topic: str, readings: int, stride_one_readings: int, raw_r
 
 def run(readings: int = 20_000, entities: int = 50, stride_one_readings: int = 10_000,
         max_batch: int = 500, latency_rate: float = 200.0, latency_seconds: float = 10.0,
-        latency_entities: int = 10, device: str = "auto", compare_one_thread: bool = True,
-        quick: bool = False) -> dict:
+        latency_entities: int = 10, device: str = "auto", torch_threads: int = SERVE_TORCH_THREADS,
+        compare_default_threads: bool = True, quick: bool = False) -> dict:
     """All the figures of the module docstring, with e2e/raw (stride 10) and e2e/scoring (stride 1).
 
-    With torch's default thread count above one and ``compare_one_thread``, the worker, scoring
-    and latency figures are measured again with one torch thread (``one_torch_thread``): LSTM
-    inference is many tiny parallel regions, and on a small machine that also runs the broker
-    and Redis, waiting for a descheduled second thread can cost more than it gains.
+    The worker, scoring and latency figures use ``torch_threads`` as serve does (0 = torch's
+    default). With ``compare_default_threads`` on a CPU whose torch default differs, they are
+    measured again with torch's default thread count (``torch_default_threads``): LSTM inference
+    is many tiny parallel regions, and on a small machine that also runs the broker and Redis,
+    waiting for a descheduled second thread can cost more than it gains.
     """
     if quick:
         readings, entities, stride_one_readings, latency_seconds = 5_000, 20, 2_000, 5.0
@@ -314,7 +321,7 @@ def run(readings: int = 20_000, entities: int = 50, stride_one_readings: int = 1
     out: dict = {"device": str(dev), "window": detector.window, "channels": N_CHANNELS,
                  "max_batch": max_batch, "max_wait_ms": MAX_WAIT_MS, "entities": entities,
                  "consumer": dict(CONSUMER)}
-    threads = torch.get_num_threads()
+    default_threads = torch.get_num_threads()
     with EmbeddedKafka() as kafka, EmbeddedRedis() as redis_server:
         rig = Rig(kafka, redis_server, detector, max_batch)
         try:
@@ -327,13 +334,13 @@ def run(readings: int = 20_000, entities: int = 50, stride_one_readings: int = 1
             raw = out["raw_consume"]["messages_per_second"]
             args = (readings, stride_one_readings, raw, latency_rate, latency_seconds,
                     latency_entities)
+            apply_torch_threads(torch_threads)
             out.update(measure(rig, topic, *args))
-            if compare_one_thread and threads > 1 and dev.type == "cpu":
-                torch.set_num_threads(1)
-                try:
-                    out["one_torch_thread"] = measure(rig, topic, *args)
-                finally:
-                    torch.set_num_threads(threads)
+            if (compare_default_threads and dev.type == "cpu"
+                    and torch.get_num_threads() != default_threads):
+                torch.set_num_threads(default_threads)
+                out["torch_default_threads"] = measure(rig, topic, *args)
         finally:
+            torch.set_num_threads(default_threads)
             rig.close()
     return out

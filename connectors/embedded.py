@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Self
+from typing import Any, Callable, Self
 
 log = logging.getLogger(__name__)
 
@@ -255,19 +255,31 @@ class EmbeddedKafka(_ServerProcess):
 
 
 class EmbeddedRedis(_ServerProcess):
-    """A Redis server without persistence; ``restart`` keeps the port (and loses the data)."""
+    """A Redis server without persistence; ``restart`` keeps the port (and loses the data).
+
+    With ``unix_socket=True`` it also listens on ``redis.sock`` in its temp dir (``unix_url``).
+    """
 
     name = "redis"
 
     def __init__(
-        self, port: int | None = None, startup_timeout_s: float = 15.0, binary: Path | None = None
+        self, port: int | None = None, startup_timeout_s: float = 15.0, binary: Path | None = None,
+        unix_socket: bool = False,
     ) -> None:
         super().__init__(port, startup_timeout_s)
         self.binary = binary or redis_binary()
+        self.socket_path = self.workdir / "redis.sock" if unix_socket else None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        """``unix:///.../redis.sock?db=0``; only for a server made with ``unix_socket=True``."""
+        if self.socket_path is None:
+            raise RuntimeError("this EmbeddedRedis was started without unix_socket=True")
+        return f"unix://{self.socket_path}?db=0"
 
     def restart(self) -> Self:
         """Stop and start again on the same port, as an outage under a running client."""
@@ -276,8 +288,11 @@ class EmbeddedRedis(_ServerProcess):
 
     def _command(self) -> list[str]:
         # No RDB, no AOF: the data dies with the process, which is what restart tests rely on.
+        unix: list[str] = []
+        if self.socket_path is not None:
+            unix = ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         return [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"]
+                "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no", *unix]
 
     def _not_ready_errors(self) -> tuple[type[BaseException], ...]:
         import redis
@@ -289,17 +304,19 @@ class EmbeddedRedis(_ServerProcess):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        client = redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-            retry=Retry(NoBackoff(), 0),
-        )
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
+        where: list[dict[str, Any]] = [{"host": "127.0.0.1", "port": self.port}]
+        if self.socket_path is not None:
+            where.append({"unix_socket_path": str(self.socket_path)})
+        for address in where:
+            client = redis.Redis(
+                **address, socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0),
+            )
+            try:
+                if not client.ping():
+                    return False
+            finally:
+                client.close()
+        return True
 
 
 @atexit.register

@@ -118,6 +118,7 @@ class KafkaSource:
             raise ValueError("KafkaSource needs at least one topic")
         self.topics = list(topics)
         self.group_id = group_id
+        self.closed = False
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -172,7 +173,13 @@ class KafkaSource:
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
     def close(self) -> None:
-        """Leave the group (partitions move at once, no session timeout) without committing."""
+        """Leave the group (partitions move at once, no session timeout) without committing.
+
+        Idempotent: the worker loop closes its source on stop, and its owner may close it again.
+        """
+        if self.closed:
+            return
+        self.closed = True
         self._consumer.close(autocommit=False)
 
 
@@ -209,6 +216,7 @@ class KafkaSink:
         **extra: Any,
     ) -> None:
         self.flush_timeout_s = flush_timeout_s
+        self.closed = False
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers,
             linger_ms=linger_ms,
@@ -241,7 +249,10 @@ class KafkaSink:
             )
 
     def close(self) -> None:
-        """Flush (raising ``DeliveryFailed`` on failures), then release the producer."""
+        """Flush (raising ``DeliveryFailed`` on failures), then release the producer. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             self.flush()
         finally:

@@ -16,7 +16,7 @@ import json
 import logging
 import ssl
 from typing import Any, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import redis
@@ -29,6 +29,7 @@ from detector.stream import EntityState
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 7 * 24 * 3600
+URL_SCHEMES = ("redis", "rediss", "unix")
 _TS = np.dtype("<i8")
 _VALUES = np.dtype("<f8")
 _CAS_LUA = importlib.resources.files("connectors").joinpath("state_cas.lua").read_text("utf-8")
@@ -184,14 +185,19 @@ def redis_client_from_url(
     health_check_interval_s: int = 30,
     **extra: Any,
 ) -> redis.Redis:
-    """A binary-safe client for ``redis://`` or ``rediss://`` (TLS) URLs, without client-side retries.
+    """A binary-safe client without client-side retries, for ``redis://``, ``rediss://`` (TLS) or
+    ``unix:///path/to/redis.sock[?db=N]`` (a Unix domain socket) URLs.
 
     ``password`` overrides one in the URL (keep secrets out of URLs that end up in configs); ``ssl_ca``
     is a CA bundle for ``rediss://``. The worker retries with its own backoff, so the client fails fast.
     """
-    scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss"):
-        raise ValueError(f"Redis URL must start with redis:// or rediss://, got {redact_url(url)!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in URL_SCHEMES:
+        raise ValueError(
+            f"Redis URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}")
+    if scheme == "unix" and not parts.path:
+        raise ValueError(f"a unix:// Redis URL needs the socket path, got {redact_url(url)!r}")
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": connect_timeout_s,
@@ -222,9 +228,14 @@ def redact_url(url: str) -> str:
                 userinfo = userinfo.split(":", 1)[0] + ":***"
             netloc = f"{userinfo}@{host}"
         query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
             query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url
+        # by hand: urlunsplit would turn unix:///path into unix:/path (an empty netloc is dropped)
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        sep = "//" if "//" in url else ""
+        return f"{parts.scheme}:{sep}{netloc}{parts.path}{'?' if query else ''}{query}{fragment}"
     except ValueError:
         return "<unparseable url>"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -140,7 +141,13 @@ def load_artifact(directory: str | Path, device: str = "auto") -> Artifact:
                 f"expected {tuple(want.shape)}"
             )
     networks.load_state_dict(tensors, strict=True)
+    slow_names = meta.get("slow_channels", [])
+    unknown = sorted(set(slow_names) - set(meta["channels"]))
+    if unknown:
+        raise ArtifactError(f"{directory / META}: slow_channels names unknown channels {unknown}")
+    slow = np.array([c in set(slow_names) for c in meta["channels"]], dtype=bool)
     detector = LstmGanDetector(
-        networks, scaler, normaliser, meta["channels"], meta["model_version"], device=device
+        networks, scaler, normaliser, meta["channels"], meta["model_version"], device=device,
+        slow=slow, center_inputs=bool(meta.get("center_inputs", True)),
     )
     return Artifact(detector=detector, threshold=threshold, meta=meta)

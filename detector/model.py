@@ -1,9 +1,13 @@
 """``LstmGanDetector``: scales windows, reconstructs them, and turns errors into one score.
 
-score = z(log reconstruction error) + critic_weight * |z(critic output)|, where each z(.) uses a
-centre and spread frozen at training time (``ScoreNormaliser``), never statistics of the batch being
-scored, so a window scores the same alone or in any batch. The error is compared on a log scale
-because faults multiply it; the critic counts in either direction, as TadGAN's critic score does.
+score = z(log reconstruction error) + critic_weight * |z(critic output)| + flat term, where each
+z(.) uses a centre and spread frozen at training time (``ScoreNormaliser``), never statistics of the
+batch being scored, so a window scores the same alone or in any batch. The error is compared on a
+log scale because faults multiply it; the critic counts in either direction, as TadGAN's critic
+score does. The flat term catches stuck sensors, which a reconstruction model that cannot rebuild
+sensor noise does not see: per channel, how far the window's step-to-step variation (log std of
+first differences) falls below a tenth of the flattest window seen in training, in robust spreads
+of that variation; zero for anything near what training has seen.
 """
 
 from __future__ import annotations
@@ -27,23 +31,57 @@ class ScoreNormaliser:
     critic_center: float = 0.0
     critic_scale: float = 1.0
     critic_weight: float = 0.0
+    flat_floor: tuple[float, ...] = ()  # per channel: lowest log variation in training windows
+    flat_scale: tuple[float, ...] = ()  # per channel: robust spread of that log variation
+    flat_weight: float = 1.0
+    flat_margin: float = float(np.log(10.0))  # only variation under a tenth of the floor counts
 
-    def combine(self, rec: np.ndarray, critic: np.ndarray | None) -> np.ndarray:
-        """``rec`` is the mean squared reconstruction error per window, ``critic`` the critic output."""
+    def flat_terms(self, variation: np.ndarray) -> np.ndarray:
+        """Per window and channel (B, C): spreads below the training floor, never negative."""
+        if not self.flat_floor:
+            return np.zeros_like(variation)
+        floor = np.asarray(self.flat_floor) - self.flat_margin
+        below = (floor - variation) / np.asarray(self.flat_scale)
+        return self.flat_weight * np.maximum(below, 0.0)
+
+    def combine(
+        self, rec: np.ndarray, critic: np.ndarray | None, flat: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``rec``: mean squared reconstruction error per window; ``critic``: critic output;
+        ``flat``: the per-channel flat terms (B, C) from ``flat_terms``."""
         score = (np.log(np.maximum(rec, 1e-12)) - self.rec_center) / self.rec_scale
         if critic is not None and self.critic_weight > 0:
             score = score + self.critic_weight * np.abs(critic - self.critic_center) / self.critic_scale
+        if flat is not None and flat.size:
+            score = score + flat.max(axis=1)
         return score
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["flat_floor"], out["flat_scale"] = list(self.flat_floor), list(self.flat_scale)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ScoreNormaliser":
-        out = cls(**{k: float(v) for k, v in data.items()})
-        if out.rec_scale <= 0 or out.critic_scale <= 0:
+        data = dict(data)
+        floor = tuple(float(v) for v in data.pop("flat_floor", ()))
+        scale = tuple(float(v) for v in data.pop("flat_scale", ()))
+        out = cls(**{k: float(v) for k, v in data.items()}, flat_floor=floor, flat_scale=scale)
+        if out.rec_scale <= 0 or out.critic_scale <= 0 or any(v <= 0 for v in scale):
             raise ValueError("score normaliser scales must be positive")
+        if len(floor) != len(scale):
+            raise ValueError("flat_floor and flat_scale must have one value per channel")
         return out
+
+
+FLAT_EPS = 1e-3  # in scaled units: variation below this counts as a flat line
+
+
+def variation(scaled: np.ndarray) -> np.ndarray:
+    """Log standard deviation of first differences per window and channel, (B, W, C) -> (B, C)."""
+    if scaled.shape[-2] < 2:
+        return np.zeros(scaled.shape[:-2] + scaled.shape[-1:])
+    return np.log(np.diff(scaled, axis=-2).std(axis=-2) + FLAT_EPS)
 
 
 def prepare_windows(
@@ -126,6 +164,14 @@ class LstmGanDetector:
                 f"got {windows.shape}"
             )
         rec, critic = self.components(windows)
-        return ScoreBatch(
-            scores=self.normaliser.combine(rec.mean(axis=1), critic), contributions=shares(rec)
-        )
+        flat = None
+        if self.normaliser.flat_floor:
+            flat = self.normaliser.flat_terms(variation(self.scaler.transform(windows)))
+        scores = self.normaliser.combine(rec.mean(axis=1), critic, flat)
+        if flat is None or not flat.any():
+            return ScoreBatch(scores=scores, contributions=shares(rec))
+        # attribution: the rest of the score split by per-channel error, plus each channel's flat term
+        rest = np.maximum(scores - flat.max(axis=1), 0.0)[:, None]
+        flat_rows = flat.any(axis=1)[:, None]  # row by row, so a batch never changes a window's
+        contributions = np.where(flat_rows, shares(shares(rec) * rest + flat), shares(rec))
+        return ScoreBatch(scores=scores, contributions=contributions)

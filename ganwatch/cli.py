@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ganwatch.offline_cli import add_offline_parsers
+from ganwatch.runtime import configure_logging
 
 
 class UsageError(ValueError):
@@ -17,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ganwatch", description="Streaming time-series anomaly detection (LSTM GAN)."
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    # None when not given, so that `serve` can take its level from GANWATCH_LOG_LEVEL or --config
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING or ERROR (default INFO; serve: its settings)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_offline_parsers(sub)
     from ganwatch.serve import add_serve_parser
@@ -33,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), None)
+    name = str(args.log_level or "INFO")
+    level = getattr(logging, name.upper(), None)
     if not isinstance(level, int):
-        parser.exit(2, f"ganwatch: error: --log-level: unknown level {args.log_level!r}\n")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        parser.exit(2, f"ganwatch: error: --log-level: unknown level {name!r}\n")
+    configure_logging(level)  # serve re-applies level and format once its settings are loaded
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -178,12 +178,8 @@ def score_series(records: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, n
 
 
 def stop_worker(running: Any) -> None:
+    """Stop the worker and release its clients (producer included), before the broker goes."""
     running.shutdown(timeout_s=30)
-    # the worker closes its source; its producer is left to us, and must go before the broker
-    try:
-        running.worker.sink.close()
-    except Exception as exc:  # every batch was flushed already; this only releases the client
-        log.warning("closing the worker's producer: %s", exc)
 
 
 def keep_running_help(bootstrap: str, redis_url: str, metrics_port: int, topics: dict[str, str],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -10,13 +11,18 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 from detector.artifact import load_artifact
 from detector.message import FieldNames
 from detector.score import Detector, Threshold
 from detector.stream import StreamConfig
-from detector.worker import Worker, WorkerConfig, watch_file
+from detector.worker import Worker, WorkerConfig, describe, watch_file
+from ganwatch.runtime import apply_torch_threads, configure_logging, restore_torch_threads
 from ganwatch.settings import Settings, add_serve_arguments
+
+if TYPE_CHECKING:
+    from connectors.prometheus import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -39,32 +45,69 @@ def state_namespace(channels: list[str], window: int) -> str:
 
 @dataclass
 class Running:
-    """A started worker and what it needs to stop cleanly (also used by the demo and tests)."""
+    """A worker and what it needs to stop cleanly (``serve`` itself, the demo and tests use this)."""
 
     worker: Worker
     stop: threading.Event
-    thread: threading.Thread | None
-    health: object | None
-    store_client: object
+    thread: threading.Thread | None  # None: the caller runs ``worker.run(stop)`` itself
+    health: HealthServer | None
+    store_client: Any
+    torch_threads_before: int | None = None  # put back on shutdown (in-process workers)
+    closed: bool = False
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop the loop, then flush and close the producer, leave the consumer group (unless the
+        loop did already), close the health server and the Redis client, and give torch back its
+        thread count. Idempotent."""
         self.stop.set()
+        if self.closed:
+            return
+        self.closed = True
         if self.thread is not None:
             self.thread.join(timeout_s)
+        if self.thread is not None and self.thread.is_alive():
+            # kafka-python's consumer is not thread-safe: never close it under a running poll
+            log.warning("worker did not stop within %.0fs; leaving its consumer open", timeout_s)
+        elif not getattr(self.worker.source, "closed", False):  # the loop closes it on stop
+            _close("Kafka consumer", self.worker.source)
+        _close("Kafka producer", self.worker.sink)  # flushes first; alerts must not be dropped
         if self.health is not None:
-            self.health.stop()
-        close = getattr(self.store_client, "close", None)
-        if close:
-            close()
+            _close("health server", self.health, "stop")
+        _close("Redis client", self.store_client)
+        if self.torch_threads_before is not None:
+            restore_torch_threads(self.torch_threads_before)
 
 
-def build_worker(settings: Settings, stop: threading.Event) -> tuple[Worker, object, object]:
-    """Create the connectors named by ``settings``; return (worker, health server, redis client)."""
+def _close(what: str, obj: object, method: str = "close") -> None:
+    close = getattr(obj, method, None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception as exc:  # shutting down: report, and release the rest anyway
+        log.warning("closing the %s failed: %s", what, describe(exc))
+
+
+def build_worker(settings: Settings, stop: threading.Event) -> Running:
+    """Create the connectors named by ``settings`` and the worker; the loop is not started.
+
+    Applies ``torch_threads`` first (process-wide), so every path that runs a worker scores with
+    the same thread count. If a later step fails, whatever was created is closed again.
+    """
+    with contextlib.ExitStack() as undo:
+        running = _build(settings, stop, undo)
+        undo.pop_all()  # from here on Running.shutdown releases everything
+    return running
+
+
+def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack) -> Running:
     from connectors.kafka import KafkaSink, KafkaSource, security_config
     from connectors.prometheus import HealthServer, PrometheusMetrics
     from connectors.redis_store import RedisStateStore, redis_client_from_url
     from kafka.errors import KafkaError
 
+    threads_before = apply_torch_threads(settings.torch_threads)
+    undo.callback(restore_torch_threads, threads_before)
     model_dir = Path(settings.model)
     first = load_artifact(model_dir, device=settings.device)
 
@@ -86,7 +129,6 @@ def build_worker(settings: Settings, stop: threading.Event) -> tuple[Worker, obj
         ssl_keyfile=settings.ssl_keyfile,
     )
     compression = None if settings.compression_type == "none" else settings.compression_type
-    source = None
     try:
         source = KafkaSource(
             settings.input_topics, settings.group_id, settings.bootstrap_servers, security,
@@ -94,18 +136,19 @@ def build_worker(settings: Settings, stop: threading.Event) -> tuple[Worker, obj
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
+        undo.callback(_close, "Kafka consumer", source)
         sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression)
+        undo.callback(_close, "Kafka producer", sink)
     except KafkaError as exc:  # kafka-python gives up bootstrapping: one line, not a traceback
-        if source is not None:
-            source.close()
         reason = str(exc) or type(exc).__name__
-        where = settings.bootstrap_servers
-        raise StartupError(f"cannot connect to Kafka at {where}: {reason}") from None
+        raise StartupError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {reason}"
+                           ) from None
     client = redis_client_from_url(
         settings.redis_url,
         password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         ssl_ca=settings.redis_ssl_ca,
     )
+    undo.callback(_close, "Redis client", client)
     store = RedisStateStore(client, len(channels), prefix=settings.state_prefix,
                             namespace=state_namespace(channels, window), ttl_s=settings.state_ttl_s)
     metrics = PrometheusMetrics()
@@ -127,41 +170,46 @@ def build_worker(settings: Settings, stop: threading.Event) -> tuple[Worker, obj
                 ready_fn=lambda: worker.ready, live_fn=lambda: worker.alive,
             ).start()
         except OSError as exc:  # port taken, host not local...
-            source.close()
-            sink.close()
-            client.close()
             raise StartupError(f"cannot serve metrics on {settings.metrics_host}:"
                                f"{settings.metrics_port}: {exc.strerror or exc}") from None
     if settings.reload_poll_s:
         watch_file(model_dir / "model.json", worker.request_reload, stop, settings.reload_poll_s)
-    return worker, health, client
+    return Running(worker, stop, None, health, client, threads_before)
 
 
 def start_worker(settings: Settings) -> Running:
     """Start a worker in a background thread (the demo and integration tests use this)."""
     stop = threading.Event()
-    worker, health, client = build_worker(settings, stop)
-    thread = threading.Thread(target=worker.run, args=(stop,), name="ganwatch-worker", daemon=True)
-    thread.start()
-    return Running(worker, stop, thread, health, client)
+    running = build_worker(settings, stop)
+    running.thread = threading.Thread(target=running.worker.run, args=(stop,),
+                                      name="ganwatch-worker", daemon=True)
+    running.thread.start()
+    return running
+
+
+def load_serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Settings from the parsed command line (unset flags are None), ``env`` and the config file."""
+    cli = {k: v for k, v in vars(args).items()
+           if v is not None and k not in ("func", "command", "config")}
+    return Settings.load(cli, env, getattr(args, "config", None))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cli = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "command",
-                                                                             "log_level", "config")}
-    settings = Settings.load(cli, os.environ, getattr(args, "config", None))
+    settings = load_serve_settings(args, os.environ)
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
+    unknown = Settings.unknown_env(os.environ)
+    if unknown:
+        log.warning("ignoring unknown settings variables: %s", ", ".join(unknown))
     log.info("starting worker with %s", settings.redacted())
     stop = threading.Event()
-    worker, health, client = build_worker(settings, stop)
+    running = build_worker(settings, stop)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, lambda *_: worker.request_reload())
+        signal.signal(signal.SIGHUP, lambda *_: running.worker.request_reload())
     try:
-        worker.run(stop)  # returns after the last batch is flushed and committed
+        running.worker.run(stop)  # returns after the last batch is flushed and committed
     finally:
-        if health is not None:
-            health.stop()
-        client.close()
+        running.shutdown()
     log.info("worker stopped")
     return 0

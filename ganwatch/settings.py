@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
 from pydantic import (
@@ -24,8 +23,6 @@ from pydantic import (
 from pydantic_core import PydanticUndefined
 
 from detector.stream import DEFAULT_MAX_GAP_S
-
-log = logging.getLogger(__name__)
 
 ENV_PREFIX = "GANWATCH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -60,6 +57,10 @@ class Settings(BaseModel):
     # what to run
     model: str = Field(description="Artifact directory written by `ganwatch train`.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device for scoring.")
+    torch_threads: int = Field(
+        1, ge=0, description="Torch CPU threads (`torch.set_num_threads`), applied whatever the "
+        "device; 1 leaves the other cores to the Kafka and Redis clients, 0 = torch's default "
+        "(one per core, or `OMP_NUM_THREADS`).")
     # Kafka
     bootstrap_servers: str = Field(description="Kafka brokers, `host:port[,host:port]`.")
     input_topics: list[str] = Field(
@@ -146,8 +147,12 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"must start with redis://, rediss:// or unix://, got {_mask_url(value)!r}")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError(f"a unix:// URL needs the socket path (unix:///run/redis.sock), got "
+                             f"{_mask_url(value)!r}")
         return value
 
     @field_validator("*", mode="before")
@@ -192,7 +197,10 @@ class Settings(BaseModel):
     @classmethod
     def load(cls, cli: Mapping[str, Any], env: Mapping[str, str] = os.environ,
              config_path: str | None = None) -> "Settings":
-        """Merge defaults < config file < ``GANWATCH_*`` environment < ``cli`` and validate."""
+        """Merge defaults < config file < ``GANWATCH_*`` environment < ``cli`` and validate.
+
+        ``GANWATCH_*`` variables that name no setting are ignored (see ``unknown_env``).
+        """
         raw: dict[str, Any] = {}
         source: dict[str, str] = {}
         path = config_path or env.get(CONFIG_ENV) or None
@@ -206,9 +214,6 @@ class Settings(BaseModel):
             value = env.get(env_of(name))
             if value is not None and value.strip():  # an empty variable counts as unset
                 raw[name], source[name] = value, "environment"
-        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in cls.env_names())
-        if unknown:
-            log.warning("ignoring unknown settings variables: %s", ", ".join(unknown))
         for name, value in cli.items():
             if value is None:
                 continue
@@ -219,6 +224,11 @@ class Settings(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise SettingsError(describe_errors(exc, source)) from None
+
+    @classmethod
+    def unknown_env(cls, env: Mapping[str, str]) -> list[str]:
+        """``GANWATCH_*`` variables in ``env`` that ``load`` ignores (typos, usually), sorted."""
+        return sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in cls.env_names())
 
     @classmethod
     def env_names(cls) -> set[str]:
@@ -239,14 +249,31 @@ class Settings(BaseModel):
             out[name] = value
         return out
 
+    def secrets(self) -> list[str]:
+        """Every secret value in the settings (passwords, and a password inside ``redis_url``)."""
+        found = [v.get_secret_value() for v in (self.sasl_password, self.redis_password) if v]
+        parts = urlsplit(self.redis_url)
+        found += [parts.password or ""]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+        return [s for s in found if s]
+
 
 def _mask_url(url: str) -> str:
+    """``url`` with the password in its user info or in a ``password=`` query replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:{SECRET_MASK}@{netloc.rpartition('@')[2]}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in pairs):
+        query = urlencode([(k, SECRET_MASK if k.lower() == "password" else v) for k, v in pairs],
+                          safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:{SECRET_MASK}@{host}"))
+    # by hand: urlunsplit would turn unix:///path into unix:/path (an empty netloc is dropped)
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    sep = "//" if "//" in url else ""
+    return f"{parts.scheme}:{sep}{netloc}{parts.path}{'?' if query else ''}{query}{fragment}"
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -79,6 +79,25 @@ def test_sink_then_source_round_trip(
     assert source.poll(10, 100) == []  # nothing more
 
 
+def test_close_delivers_what_is_queued_and_a_second_close_does_nothing(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], source_factory: Any, unique_name: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    topic = topic_factory()
+    sink = KafkaSink(kafka_bootstrap, linger_ms=60_000)  # only a flush sends the record in time
+    sink.send(topic, b"k", b"queued")
+    sink.close()
+    again: list[str] = []
+    monkeypatch.setattr(sink._producer, "close", lambda **kw: again.append("producer"))
+    sink.close()
+    source = source_factory(topic, unique_name("g"))
+    assert [(m.key, m.value) for m in consume(source, 1)] == [(b"k", b"queued")]
+    source.close()
+    monkeypatch.setattr(source._consumer, "close", lambda **kw: again.append("consumer"))
+    source.close()  # the worker loop closes its source, and its owner may close it again
+    assert again == [] and sink.closed and source.closed
+
+
 def test_commit_then_same_group_resumes(
     kafka_bootstrap: str, topic_factory: Callable[..., str], source_factory: Any, unique_name: Any
 ) -> None:

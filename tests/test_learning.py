@@ -1,7 +1,8 @@
 """A seeded learning test: a model trained on normal telemetry flags injected faults.
 
 Faults (on fast channels; slow channels are judged by shape only, see detector.model):
-spike, level shift, slow drift and stuck sensor. Bounds: every fault is detected (event recall 1),
+spike, level shift, slow drift and stuck sensor (caught by the flat term of the score: the model
+cannot rebuild sensor noise, so a frozen channel barely changes its reconstruction error). Bounds: every fault is detected (event recall 1),
 and point-wise precision and recall, with a window of slack after each fault because a window
 keeps a fault in view for ``window`` rows, stay above the stated floors.
 """

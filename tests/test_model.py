@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from detector.artifact import ArtifactError, load_artifact, save_artifact
+from detector.model import LstmGanDetector, ScoreNormaliser
 from detector.scaler import StandardScaler
 from training.trainer import TrainConfig, slow_channels, train
 
@@ -82,6 +83,45 @@ def test_round_trip_reproduces_scores_and_metadata(trained, tmp_path):
     w = windows_of(values, config.window)
     again = load_artifact(out, device="cpu").detector.score(w).scores
     np.testing.assert_array_equal(loaded.detector.score(w).scores, again)
+
+
+def test_loaded_artifact_scores_like_the_trained_detector(trained):
+    """Everything scoring depends on (slow channels, input centring) travels in the artifact."""
+    out, result, config = trained
+    assert result.slow.any(), "the fixture must exercise a slow channel"
+    fresh = LstmGanDetector(result.networks, result.scaler, result.normaliser, CHANNELS, "mem",
+                            device="cpu", slow=result.slow, center_inputs=config.center_inputs)
+    loaded = load_artifact(out, device="cpu").detector
+    np.testing.assert_array_equal(loaded.slow, result.slow)
+    _, values = normal_data(150, seed=5)
+    values[100:, 2] += 3.0  # a level shift on the slow channel
+    w = windows_of(values, config.window)
+    np.testing.assert_allclose(loaded.score(w).scores, fresh.score(w).scores, rtol=0, atol=1e-6)
+
+
+def test_a_stuck_channel_scores_high_and_is_named(trained):
+    out, _, config = trained
+    loaded = load_artifact(out, device="cpu")
+    _, values = normal_data(200, seed=6)
+    w = windows_of(values, config.window)
+    normal = loaded.detector.score(w)
+    stuck = w.copy()
+    stuck[:, :, 0] = stuck[:, :1, 0]  # flow holds its first value for the whole window
+    batch = loaded.detector.score(stuck)
+    assert batch.scores.min() > max(normal.scores.max(), loaded.threshold.value)
+    assert (batch.contributions.argmax(axis=1) == 0).all()
+
+
+def test_normaliser_round_trips_and_reads_artifacts_without_a_flat_term(trained):
+    out, result, _ = trained
+    n = result.normaliser
+    assert len(n.flat_floor) == len(CHANNELS)
+    assert ScoreNormaliser.from_dict(json.loads(json.dumps(n.to_dict()))) == n
+    legacy = {k: v for k, v in n.to_dict().items() if not k.startswith("flat_")}
+    old = ScoreNormaliser.from_dict(legacy)
+    assert old.flat_floor == () and not old.flat_terms(np.full((2, 3), -9.0)).any()
+    with pytest.raises(ValueError, match="positive"):
+        ScoreNormaliser.from_dict({**n.to_dict(), "flat_scale": [0.0] * len(CHANNELS)})
 
 
 def test_cpu_training_is_reproducible_with_a_seed():

@@ -215,14 +215,14 @@ class Rig:
     started: list[Serve] = dataclasses.field(default_factory=list)
     readers: list[TopicReader] = dataclasses.field(default_factory=list)
 
-    def start(self, model: Path, *extra: str) -> Serve:
+    def start(self, model: Path, *extra: str, env: dict[str, str] | None = None) -> Serve:
         args = ["--model", str(model), "--bootstrap-servers", self.bootstrap,
                 "--input-topic", self.topics["readings"], "--group-id", self.group,
                 "--alerts-topic", self.topics["alerts"], "--dead-letter-topic", self.topics["dead"],
                 "--redis-url", self.redis_url, "--state-prefix", self.prefix, "--device", "cpu",
                 "--episode-end-windows", str(END_WINDOWS), "--metrics-port", "0",
-                "--reload-poll-s", "0", "--max-batch", "50", *extra]
-        serve = Serve(args, self.env, self.tmp / f"serve-{len(self.started)}.log")
+                "--metrics-host", "127.0.0.1", "--reload-poll-s", "0", "--max-batch", "50", *extra]
+        serve = Serve(args, {**self.env, **(env or {})}, self.tmp / f"serve-{len(self.started)}.log")
         self.started.append(serve)
         return serve
 
@@ -345,7 +345,8 @@ def test_sigterm_exits_zero_after_committing_everything(rig, model_dir, table):
     n_scores = int((~np.isnan(offline(load_artifact(model_dir, device="cpu"), table).scores)).sum())
     rig.publish(table)
     scores = rig.reader("scores")
-    serve = rig.start(model_dir, "--scores-topic", rig.topics["scores"])
+    serve = rig.start(model_dir, "--scores-topic", rig.topics["scores"],
+                      env={"GANWATCH_LOG_FORMAT": "json"})
     wait_until(lambda: len(scores.poll()) >= n_scores, "every score", serve)
     serve.proc.send_signal(signal.SIGTERM)
     try:
@@ -354,6 +355,12 @@ def test_sigterm_exits_zero_after_committing_everything(rig, model_dir, table):
         raise AssertionError(f"serve ignored SIGTERM:\n{serve.tail()}") from None
     assert rc == 0, serve.tail()
     assert "worker stopped" in serve.tail() and "Traceback" not in serve.tail()
+    docs = [json.loads(line) for line in serve.log.read_text().splitlines()]  # JSON lines only
+    said = [d["message"] for d in docs if d["logger"].startswith("ganwatch")]
+    assert said[-1] == "worker stopped" and "torch uses 1 CPU thread" in said
+    assert any(m.startswith("health server on http://127.0.0.1:") for m in said)  # loopback only
+    # shutdown closed the producer and left the group without any close failing
+    assert not [d for d in docs if d["logger"] == "ganwatch.serve" and d["level"] != "INFO"]
     consumer = KafkaConsumer(bootstrap_servers=rig.bootstrap, group_id=rig.group,
                              enable_auto_commit=False)
     try:
@@ -403,7 +410,7 @@ def test_sighup_and_a_replaced_model_reload_it(rig, model_dir, other_model_dir, 
 
 VALID = ["--model", "{model}", "--bootstrap-servers", "127.0.0.1:9", "--input-topic", "in",
          "--alerts-topic", "alerts", "--dead-letter-topic", "dead",
-         "--redis-url", "redis://127.0.0.1:9/0"]
+         "--redis-url", "redis://127.0.0.1:9/0", "--metrics-host", "127.0.0.1"]
 
 
 def without(args: list[str], flag: str) -> list[str]:

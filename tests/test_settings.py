@@ -37,7 +37,7 @@ def error_of(env=None, config=None, **cli) -> str:
 
 def serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganwatch")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=None)  # as ganwatch.cli: unset unless given
     add_serve_arguments(parser.add_subparsers(dest="command").add_parser("serve"))
     return parser
 
@@ -53,6 +53,7 @@ def test_defaults():
     assert (s.reload_poll_s, s.security_protocol, s.compression_type) == (10, "PLAINTEXT", "none")
     assert (s.session_timeout_ms, s.heartbeat_interval_ms, s.fetch_max_wait_ms) == (10000, 3000, 500)
     assert s.scores_topic is None and s.redis_password is None
+    assert (s.torch_threads, s.log_level, s.log_format) == (1, "INFO", "text")
 
 
 def test_precedence_defaults_config_env_cli(tmp_path):
@@ -117,9 +118,12 @@ def test_error_names_flag_and_variable():
     ("alert_mode", "always", "--alert-mode (GANWATCH_ALERT_MODE): must be"),
     ("missing_channel", "drop", "--missing-channel (GANWATCH_MISSING_CHANNEL)"),
     ("metrics_port", "70000", "--metrics-port (GANWATCH_METRICS_PORT): must be <= 65535"),
+    ("torch_threads", "-1", "--torch-threads (GANWATCH_TORCH_THREADS): must be >= 0, got -1"),
+    ("log_format", "xml", "--log-format (GANWATCH_LOG_FORMAT): must be 'json' or 'text'"),
     ("bootstrap_servers", "kafka", "--bootstrap-servers (GANWATCH_BOOTSTRAP_SERVERS)"),
     ("bootstrap_servers", "a:9092,b:99999", "got 'b:99999'"),
     ("redis_url", "http://redis:6379", "--redis-url (GANWATCH_REDIS_URL): must start with redis://"),
+    ("redis_url", "unix://", "--redis-url (GANWATCH_REDIS_URL): a unix:// URL needs the socket path"),
     ("input_topics", ",", "--input-topic (GANWATCH_INPUT_TOPICS): must not be empty"),
     ("alerts_topic", "bad topic", "--alerts-topic (GANWATCH_ALERTS_TOPIC): not a valid Kafka topic"),
     ("compression_type", "brotli", "--compression-type (GANWATCH_COMPRESSION_TYPE)"),
@@ -205,6 +209,20 @@ def test_secrets_never_shown():
     assert redacted["redis_url"] == "redis://user:***@r:6379/0"
     assert redacted["redis_password"] == "***" and redacted["sasl_password"] == "***"
     assert redacted["stride"] == 1 and set(redacted) == set(Settings.model_fields)
+    assert sorted(s.secrets()) == ["hunter2", "saslsecret", "urlsecret"]
+
+
+def test_password_in_a_url_query_is_masked_and_listed_as_a_secret():
+    s = load(redis_url="unix:///run/redis.sock?db=1&password=qsecret")
+    assert s.redacted()["redis_url"] == "unix:///run/redis.sock?db=1&password=***"
+    assert "qsecret" not in str(s.redacted()) and s.secrets() == ["qsecret"]
+    assert load().secrets() == []
+
+
+def test_unknown_ganwatch_variables_are_listed_not_fatal():
+    env = {"GANWATCH_STRIDES": "2", "GANWATCH_STRIDE": "3", "GANWATCH_CONFIG": "", "HOME": "/"}
+    assert Settings.unknown_env(env) == ["GANWATCH_STRIDES"]
+    assert load(env).stride == 3
 
 
 def test_unknown_cli_key_is_an_error():
@@ -226,18 +244,29 @@ def test_every_setting_is_read_from_its_environment_variable():
                 "metrics_host": "127.0.0.1", "log_format": "json", "log_level": "ERROR",
                 "reload_poll_s": 0, "scores_topic": "scores", "compression_type": "gzip",
                 "fetch_max_wait_ms": 50, "session_timeout_ms": 2000, "heartbeat_interval_ms": 300,
-                "device": "cuda", "alert_mode": "window", "missing_channel": "dead-letter"}
+                "device": "cuda", "alert_mode": "window", "missing_channel": "dead-letter",
+                "torch_threads": 0}
     s = load({f"GANWATCH_{k.upper()}": str(v) for k, v in expected.items()})
     assert {k: getattr(s, k) for k in expected} == expected
 
 
 def test_serve_flags_cover_every_field_with_unset_defaults():
     args = serve_parser().parse_args(["serve"])
-    assert args.log_level == "INFO"  # the top-level --log-level is not clobbered by serve's
     for name in Settings.model_fields:
-        if name != "log_level":
-            assert getattr(args, name) is None, name
+        assert getattr(args, name) is None, name  # unset: env and config file may fill them
     assert args.config is None
+    top = serve_parser().parse_args(["--log-level", "WARNING", "serve"])
+    assert top.log_level == "WARNING"  # the top-level --log-level is not clobbered by serve's
+
+
+def test_log_level_and_format_come_from_env_unless_the_flag_says_otherwise():
+    env = {"GANWATCH_LOG_LEVEL": "error", "GANWATCH_LOG_FORMAT": "JSON"}
+    args = serve_parser().parse_args(["serve"])
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")}
+    s = load(env, **given)
+    assert (s.log_level, s.log_format) == ("ERROR", "json")
+    args = serve_parser().parse_args(["serve", "--log-level", "DEBUG"])
+    assert load(env, log_level=args.log_level).log_level == "DEBUG"
 
 
 def test_serve_command_line_builds_settings():

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 import redis
-from redis.connection import Connection
+from redis.connection import Connection, UnixDomainSocketConnection
 from redis.crc import key_slot
 
 from connectors.embedded import EmbeddedRedis
@@ -272,11 +272,18 @@ def test_redact_url() -> None:
     assert redact_url("redis://h:6379/0?password=s3cret&db=1") == "redis://h:6379/0?password=***&db=1"
     assert redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert "s3cret" not in redact_url("redis://u:s3cret@[::1]:6379/0")
+    assert redact_url("unix:///run/r.sock?db=1&password=s3cret") == "unix:///run/r.sock?db=1&password=***"
+    assert redact_url("unix:///run/r.sock?db=1") == "unix:///run/r.sock?db=1"
 
 
 def test_client_factory_options() -> None:
-    with pytest.raises(ValueError, match="redis:// or rediss://"):
+    with pytest.raises(ValueError, match="redis://, rediss:// or unix://") as info:
         redis_client_from_url("http://:pw@h/0")
+    assert "pw" not in str(info.value)
+    with pytest.raises(ValueError, match="socket path"):
+        redis_client_from_url("unix://")
+    with pytest.raises(ValueError, match="rediss://"):
+        redis_client_from_url("unix:///run/redis.sock", ssl_ca="/etc/ca.pem")
     with pytest.raises(ValueError, match="rediss://"):
         redis_client_from_url("redis://h/0", ssl_ca="/etc/ca.pem")
     client = redis_client_from_url("rediss://h:6380/2", password="pw", ssl_ca="/etc/ca.pem")
@@ -284,3 +291,29 @@ def test_client_factory_options() -> None:
     assert kwargs["password"] == "pw" and kwargs["ssl_ca_certs"] == "/etc/ca.pem" and kwargs["db"] == 2
     assert kwargs["retry"].get_retries() == 0 and kwargs["socket_timeout"] == 5.0
     assert not kwargs.get("decode_responses")
+
+
+def test_unix_socket_url_gives_a_worker_client() -> None:
+    client = redis_client_from_url("unix:///run/redis/redis.sock?db=3", password="pw")
+    pool = client.connection_pool
+    assert pool.connection_class is UnixDomainSocketConnection
+    kwargs = pool.connection_kwargs
+    assert (kwargs["path"], kwargs["db"], kwargs["password"]) == ("/run/redis/redis.sock", 3, "pw")
+    assert kwargs["retry"].get_retries() == 0 and kwargs["socket_connect_timeout"] == 5.0
+
+
+@pytest.mark.integration
+def test_store_over_a_unix_socket() -> None:
+    with EmbeddedRedis(unix_socket=True) as server:
+        assert server.unix_url.startswith("unix:///") and server.unix_url.endswith("redis.sock?db=0")
+        client = redis_client_from_url(server.unix_url)
+        try:
+            store = RedisStateStore(client, N, namespace=uuid.uuid4().hex)
+            state = filled("over-uds")
+            assert store.ping() is True and store.save([state]) == [True]
+            assert_same(store.load(["over-uds"])["over-uds"], state)
+            # the same data over TCP: it really was this server, reached through its socket
+            with redis.Redis.from_url(server.url) as tcp:
+                assert tcp.exists(store.key("over-uds")) == 1
+        finally:
+            client.close()

@@ -3,7 +3,9 @@
 Rule (documented in the README): on the held-back normal windows, the log reconstruction error and the
 critic output are each centred on their median and divided by their robust spread (IQR / 1.349,
 the standard deviation for Gaussian data). The score is the log-error term plus ``critic_weight``
-times the absolute critic term. The threshold is the highest held-back score plus
+times the absolute critic term, plus a stuck-sensor term: per channel, how many robust spreads the
+window's step-to-step variation (log std of first differences) falls below a tenth of the
+flattest training window's (zero for anything near what training has seen); the largest channel counts. The threshold is the highest held-back score plus
 ``threshold_margin`` times the scores' robust spread: normal data the model never saw stays below
 it, with a margin for the slow drift that real plants show.
 """
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector.model import LstmGanDetector, ScoreNormaliser
+from detector.model import LstmGanDetector, ScoreNormaliser, variation
 from detector.score import Threshold
 
 if TYPE_CHECKING:
@@ -42,6 +44,13 @@ def calibrate(
         kwargs.update(
             critic_center=float(np.median(critic)), critic_scale=robust_spread(critic),
             critic_weight=config.critic_weight,
+        )
+    if config.flat_weight > 0:
+        seen = variation(detector.scaler.transform(np.concatenate([fit_windows, calib_windows])))
+        kwargs.update(
+            flat_floor=tuple(float(v) for v in seen.min(axis=0)),
+            flat_scale=tuple(robust_spread(seen[:, c]) for c in range(seen.shape[1])),
+            flat_weight=config.flat_weight,
         )
     normaliser = ScoreNormaliser(**kwargs)
     detector.normaliser = normaliser

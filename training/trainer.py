@@ -44,6 +44,7 @@ class TrainConfig:
     rec_weight: float = 10.0
     adv_weight: float = 1.0
     critic_weight: float = 0.5  # weight of the critic term in the score, after normalisation
+    flat_weight: float = 1.0  # weight of the stuck-sensor term (0 turns it off)
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
     threshold_margin: float = 2.0  # threshold = max held-back score + margin * their spread
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
