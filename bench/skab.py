@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from connectors.file import read_table
-from detector.model import LstmGanDetector
 from detector.offline import score_series
 from detector.stream import DEFAULT_MAX_GAP_S, StreamConfig
 from training.evaluate import skab_summary
@@ -38,10 +37,7 @@ def run_file(path: Path, config: TrainConfig) -> dict:
     started = time.perf_counter()
     result = train(ts[:TRAIN_ROWS], values[:TRAIN_ROWS], table.channels, config)
     train_s = time.perf_counter() - started
-    detector = LstmGanDetector(
-        result.networks, result.scaler, result.normaliser, table.channels, "bench",
-        device="cpu", slow=result.slow, center_inputs=config.center_inputs,
-    )
+    detector = result.detector(table.channels, "bench", device="cpu")
     stream = StreamConfig(config.window, 1, DEFAULT_MAX_GAP_S * 1000)
     started = time.perf_counter()
     scored = score_series(detector, result.threshold, ts, values, stream)

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from detector import __version__
+from detector.level import LevelModel
 from detector.model import LstmGanDetector, ScoreNormaliser
 from detector.network import Networks, NetworkShape
 from detector.scaler import StandardScaler
@@ -146,8 +147,14 @@ def load_artifact(directory: str | Path, device: str = "auto") -> Artifact:
     if unknown:
         raise ArtifactError(f"{directory / META}: slow_channels names unknown channels {unknown}")
     slow = np.array([c in set(slow_names) for c in meta["channels"]], dtype=bool)
+    level = None
+    if "level_model" in meta:
+        try:
+            level = LevelModel.from_dict(meta["level_model"], shape.n_channels)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"{directory / META}: level_model is inconsistent: {exc}") from None
     detector = LstmGanDetector(
         networks, scaler, normaliser, meta["channels"], meta["model_version"], device=device,
-        slow=slow, center_inputs=bool(meta.get("center_inputs", True)),
+        slow=slow, center_inputs=bool(meta.get("center_inputs", True)), level=level,
     )
     return Artifact(detector=detector, threshold=threshold, meta=meta)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from detector.level import LevelModel
 from detector.network import Networks
 from detector.scaler import StandardScaler
 from detector.score import ScoreBatch, shares
@@ -85,7 +86,8 @@ def variation(scaled: np.ndarray) -> np.ndarray:
 
 
 def prepare_windows(
-    scaler: StandardScaler, windows: np.ndarray, slow: np.ndarray | None, center_inputs: bool
+    scaler: StandardScaler, windows: np.ndarray, slow: np.ndarray | None, center_inputs: bool,
+    level: LevelModel | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale raw windows into (network inputs, reconstruction targets), both float32.
 
@@ -94,13 +96,17 @@ def prepare_windows(
     as faults. With ``center_inputs`` the encoder sees every channel without its window mean while
     the targets keep the level of the other channels: the generator must infer the normal level
     from the shape, so a window whose level moved cannot be reconstructed - an autoencoder that
-    saw the level would simply copy it.
+    saw the level would simply copy it. Slow channels that ``level`` explains from the others
+    keep, instead of their own mean, their departure from the level it predicts (detector.level).
     """
     scaled = scaler.transform(windows)
     mean = scaled.mean(axis=-2, keepdims=True)
     targets = scaled
     if slow is not None and slow.any():
-        targets = scaled - np.where(slow, mean, 0.0).astype(np.float32)
+        offset = np.where(slow, mean, 0.0)
+        if level is not None and level.explained.any():
+            offset = np.where(slow & level.explained, level.predict(mean), offset)
+        targets = (scaled - offset).astype(np.float32)
     inputs = (scaled - mean).astype(np.float32) if center_inputs else targets
     return inputs, targets
 
@@ -123,8 +129,10 @@ class LstmGanDetector:
         self, networks: Networks, scaler: StandardScaler, normaliser: ScoreNormaliser,
         channels: list[str], version: str, device: str | torch.device = "cpu",
         slow: np.ndarray | None = None, center_inputs: bool = True, chunk: int = 8192,
+        level: LevelModel | None = None,
     ) -> None:
         self.slow = None if slow is None else np.asarray(slow, dtype=bool)
+        self.level = level
         self.center_inputs = center_inputs
         self.networks = networks.eval()
         self.scaler, self.normaliser = scaler, normaliser
@@ -134,7 +142,7 @@ class LstmGanDetector:
         self.chunk = chunk
 
     def prepare(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return prepare_windows(self.scaler, windows, self.slow, self.center_inputs)
+        return prepare_windows(self.scaler, windows, self.slow, self.center_inputs, self.level)
 
     @torch.inference_mode()
     def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -250,8 +250,7 @@ def train_model(tables: dict[str, Table], rows: int, config: TrainConfig, model_
         result = train(ts_ms, values, channels, config, progress=progress)
     meta = save_artifact(
         model_dir, result.networks, result.scaler, result.normaliser, result.threshold, channels,
-        extra={"slow_channels": [c for c, s in zip(channels, result.slow) if s],
-               "center_inputs": config.center_inputs, "timestamp_column": "ts",
+        extra={**result.artifact_meta(channels), "timestamp_column": "ts",
                "hyperparameters": config.to_dict(),
                "training_data": {"source": "ganwatch demo simulator", "seed": seed,
                                  "entities": list(tables), "rows_per_entity": rows},

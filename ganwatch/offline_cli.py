@@ -113,8 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out, result.networks, result.scaler, result.normaliser, result.threshold,
         table.channels,
         extra={
-            "slow_channels": [c for c, s in zip(table.channels, result.slow) if s],
-            "center_inputs": config.center_inputs,
+            **result.artifact_meta(table.channels),
             "timestamp_column": args.timestamp_column,
             "hyperparameters": config.to_dict(),
             "training_data": {"path": str(args.data), "rows": rows,

@@ -10,7 +10,6 @@ keeps a fault in view for ``window`` rows, stay above the stated floors.
 import numpy as np
 import pytest
 
-from detector.model import LstmGanDetector
 from detector.offline import score_series
 from detector.stream import StreamConfig
 from training.trainer import TrainConfig, train
@@ -58,8 +57,7 @@ def scored():
     config = TrainConfig(epochs=8, seed=7)
     ts = 1000 * np.arange(1500, dtype=np.int64)
     result = train(ts, normal, CHANNELS, config)
-    detector = LstmGanDetector(result.networks, result.scaler, result.normaliser, CHANNELS,
-                               "test", "cpu", slow=result.slow)
+    detector = result.detector(CHANNELS, "test", "cpu")
     live, labels = inject(telemetry(1100, seed=2, start=1500), normal.std(axis=0))
     live_ts = 1000 * np.arange(1500, 2600, dtype=np.int64)
     out = score_series(detector, result.threshold, live_ts, live, StreamConfig(config.window))

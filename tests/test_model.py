@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from detector.artifact import ArtifactError, load_artifact, save_artifact
-from detector.model import LstmGanDetector, ScoreNormaliser
+from detector.model import ScoreNormaliser
 from detector.scaler import StandardScaler
 from training.trainer import TrainConfig, slow_channels, train
 
@@ -36,8 +36,7 @@ def trained(request, tmp_path_factory):
     result = train(ts, values, CHANNELS, config)
     out = tmp_path_factory.mktemp(request.param)
     save_artifact(out, result.networks, result.scaler, result.normaliser, result.threshold,
-                  CHANNELS, extra={"slow_channels": [c for c, s in zip(CHANNELS, result.slow) if s],
-                                   "center_inputs": config.center_inputs})
+                  CHANNELS, extra={**result.artifact_meta(CHANNELS)})
     return out, result, config
 
 
@@ -89,8 +88,7 @@ def test_loaded_artifact_scores_like_the_trained_detector(trained):
     """Everything scoring depends on (slow channels, input centring) travels in the artifact."""
     out, result, config = trained
     assert result.slow.any(), "the fixture must exercise a slow channel"
-    fresh = LstmGanDetector(result.networks, result.scaler, result.normaliser, CHANNELS, "mem",
-                            device="cpu", slow=result.slow, center_inputs=config.center_inputs)
+    fresh = result.detector(CHANNELS, "mem", device="cpu")
     loaded = load_artifact(out, device="cpu").detector
     np.testing.assert_array_equal(loaded.slow, result.slow)
     _, values = normal_data(150, seed=5)

@@ -73,8 +73,7 @@ def train_model(directory: Path, seed: int) -> Path:
     finally:
         torch.set_num_threads(threads)
     save_artifact(directory, result.networks, result.scaler, result.normaliser, result.threshold,
-                  CHANNELS, extra={"slow_channels": [c for c, s in zip(CHANNELS, result.slow) if s],
-                                   "center_inputs": config.center_inputs,
+                  CHANNELS, extra={**result.artifact_meta(CHANNELS),
                                    "timestamp_column": "timestamp"})
     return directory
 
@@ -358,7 +357,6 @@ def test_sigterm_exits_zero_after_committing_everything(rig, model_dir, table):
     docs = [json.loads(line) for line in serve.log.read_text().splitlines()]  # JSON lines only
     said = [d["message"] for d in docs if d["logger"].startswith("ganwatch")]
     assert said[-1] == "worker stopped" and "torch uses 1 CPU thread" in said
-    assert any(m.startswith("health server on http://127.0.0.1:") for m in said)  # loopback only
     # shutdown closed the producer and left the group without any close failing
     assert not [d for d in docs if d["logger"] == "ganwatch.serve" and d["level"] != "INFO"]
     consumer = KafkaConsumer(bootstrap_servers=rig.bootstrap, group_id=rig.group,
@@ -390,6 +388,7 @@ def test_sighup_and_a_replaced_model_reload_it(rig, model_dir, other_model_dir, 
                       "--reload-poll-s", "0.2")
     rig.publish(rows(table, 0, 180))  # the flow fault, start to end
     wait_until(lambda: len(alerts.poll()) >= 2, "the first episode", serve)
+    assert f"health server on http://127.0.0.1:{port}" in serve.log.read_text()  # loopback only
     serve.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: reloads(port).get("ok", 0) >= 1, "the SIGHUP reload", serve)
     shutil.copyfile(other_model_dir / "model.safetensors", live / "model.safetensors")

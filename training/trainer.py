@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from detector.model import LstmGanDetector, ScoreNormaliser, prepare_windows, resolve_device
+from detector.level import LevelModel
 from detector.network import Networks, NetworkShape
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
@@ -48,6 +49,7 @@ class TrainConfig:
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
     threshold_margin: float = 2.0  # threshold = max held-back score + margin * their spread
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
+    level_r2: float = 0.95  # slow channels the others explain this well keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
     max_gap_ms: int | None = None
     device: str = "auto"
@@ -65,10 +67,27 @@ class TrainResult:
     normaliser: ScoreNormaliser
     threshold: Threshold
     slow: np.ndarray
+    level: LevelModel | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     train_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     calib_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     metrics: dict = field(default_factory=dict)
+    center_inputs: bool = True
+
+    def artifact_meta(self, channels: list[str]) -> dict:
+        """What scoring needs besides weights, scaler and calibration, for ``save_artifact``."""
+        meta = {"slow_channels": [c for c, s in zip(channels, self.slow) if s],
+                "center_inputs": self.center_inputs}
+        if self.level is not None and self.level.explained.any():
+            meta["level_model"] = self.level.to_dict()
+        return meta
+
+    def detector(self, channels: list[str], version: str = "training",
+                 device: str = "cpu") -> LstmGanDetector:
+        """The trained model behind the ``Detector`` contract, exactly as a saved artifact loads."""
+        return LstmGanDetector(self.networks, self.scaler, self.normaliser, channels, version,
+                               device, slow=self.slow, center_inputs=self.center_inputs,
+                               level=self.level)
 
 
 def make_windows(ts_ms: np.ndarray, values: np.ndarray, window: int, max_gap_ms: int | None):
@@ -123,7 +142,8 @@ def train(
             f"held back; use more rows or a smaller --window (now {config.window})"
         )
     slow = slow_channels(values[:n_fit], config.slow_autocorr)
-    inputs, targets = prepare_windows(scaler, fit_windows, slow, config.center_inputs)
+    level = LevelModel.fit(scaler.transform(fit_windows).mean(axis=1), slow, config.level_r2)
+    inputs, targets = prepare_windows(scaler, fit_windows, slow, config.center_inputs, level)
     in_all = torch.from_numpy(inputs).to(device)
     tgt_all = torch.from_numpy(targets).to(device)
 
@@ -171,7 +191,7 @@ def train(
     nets.eval()
     detector = LstmGanDetector(
         nets, scaler, ScoreNormaliser(0.0, 1.0), channels, "training", device,
-        slow=slow, center_inputs=config.center_inputs
+        slow=slow, center_inputs=config.center_inputs, level=level,
     )
     normaliser, threshold, train_scores, calib_scores = calibrate(
         detector, fit_windows, calib_windows, config
@@ -183,8 +203,8 @@ def train(
         "final_losses": {k: v[-1] for k, v in history.items() if v},
         "calibration_false_alarm_rate": float(np.mean(calib_scores >= threshold.value)),
     }
-    return TrainResult(nets.cpu(), scaler, normaliser, threshold, slow, history, train_scores,
-                       calib_scores, metrics)
+    return TrainResult(nets.cpu(), scaler, normaliser, threshold, slow, level, history,
+                       train_scores, calib_scores, metrics, config.center_inputs)
 
 
 def critic_step(

@@ -1,0 +1,87 @@
+"""Relative levels of slow channels (detector.level): fitting, storage, and what they catch."""
+
+import numpy as np
+import pytest
+
+from detector.artifact import load_artifact, save_artifact
+from detector.level import LevelModel
+from detector.offline import score_series
+from detector.stream import StreamConfig
+from training.trainer import TrainConfig, train
+
+CHANNELS = ["flow", "current", "temperature"]
+
+
+def means(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    load = rng.normal(size=n)
+    return np.stack([load, 2 * load + 0.05 * rng.normal(size=n), rng.normal(size=n)], axis=1)
+
+
+def test_fits_only_slow_channels_the_others_explain():
+    m = means()
+    level = LevelModel.fit(m, np.array([True, True, True]), min_r2=0.95)
+    assert list(level.explained) == [True, True, False]
+    assert level.r2[1] > 0.99 and level.r2[2] < 0.1
+    assert np.allclose(np.diag(level.coef), 0)
+    np.testing.assert_allclose(level.predict(m)[:, 1], m[:, 1], atol=0.2)
+    only_fast = LevelModel.fit(m, np.array([False, False, False]), min_r2=0.95)
+    assert not only_fast.explained.any() and np.isnan(only_fast.r2).all()
+
+
+def test_round_trips_and_refuses_the_wrong_size():
+    level = LevelModel.fit(means(), np.array([True, True, False]), min_r2=0.9)
+    again = LevelModel.from_dict(level.to_dict(), 3)
+    m = means(50, seed=1)
+    np.testing.assert_array_equal(again.predict(m), level.predict(m))
+    np.testing.assert_array_equal(again.explained, level.explained)
+    with pytest.raises(ValueError, match="4 channels"):
+        LevelModel.from_dict(level.to_dict(), 4)
+
+
+def plant(n, seed, start=0):
+    """Flow and current follow one slow load; the bearing temperature wanders on its own."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(start, start + n)
+    load = np.sin(2 * np.pi * t / 300) + 0.2 * np.sin(2 * np.pi * t / 77)
+    weather = np.cumsum(rng.normal(scale=0.05, size=n))
+    return np.stack([100 + 30 * load + rng.normal(size=n),
+                     20 + 8 * load + 0.3 * rng.normal(size=n),
+                     50 + weather + 0.05 * rng.normal(size=n)], axis=1)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    values = plant(1200, seed=0)
+    config = TrainConfig(window=16, epochs=4, hidden=16, latent=8, seed=1)
+    result = train(1000 * np.arange(1200, dtype=np.int64), values, CHANNELS, config)
+    out = tmp_path_factory.mktemp("level")
+    save_artifact(out, result.networks, result.scaler, result.normaliser, result.threshold,
+                  CHANNELS, extra=result.artifact_meta(CHANNELS))
+    return out, result, config, values
+
+
+def test_training_keeps_the_level_of_slow_channels_that_follow_the_load(model):
+    out, result, _, _ = model
+    assert list(result.slow) == [True, True, True]
+    assert list(result.level.explained) == [True, True, False]
+    loaded = load_artifact(out, device="cpu").detector
+    np.testing.assert_array_equal(loaded.level.explained, result.level.explained)
+
+
+def test_an_offset_on_one_load_channel_is_flagged_and_named(model):
+    out, result, config, train_values = model
+    loaded = load_artifact(out, device="cpu")
+    live = plant(600, seed=5, start=1200)
+    live[300:450, 1] += 2 * train_values[:, 1].std()  # current reads high: a sensor offset
+    ts = 1000 * np.arange(1200, 1800, dtype=np.int64)
+    scored = score_series(loaded.detector, loaded.threshold, ts, live, StreamConfig(config.window))
+    inside = scored.flags[300 + config.window : 450]
+    assert inside.mean() > 0.8, f"only {inside.mean():.2f} of the offset windows flagged"
+    assert scored.flags[config.window : 300].mean() < 0.05
+    rows = np.flatnonzero(scored.flags[300:450]) + 300
+    named = scored.contributions[rows].argmax(axis=1)
+    assert np.isin(named, [0, 1]).mean() > 0.9  # the load channels, not the temperature
+    fresh = score_series(result.detector(CHANNELS), loaded.threshold, ts, live,
+                         StreamConfig(config.window))
+    np.testing.assert_allclose(fresh.scores, scored.scores, atol=1e-6)
