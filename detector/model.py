@@ -32,6 +32,7 @@ class ScoreNormaliser:
     critic_center: float = 0.0
     critic_scale: float = 1.0
     critic_weight: float = 0.0
+    bias_weight: float = 0.0  # weight of the sustained-offset part of the error (see error)
     flat_floor: tuple[float, ...] = ()  # per channel: lowest log variation in training windows
     flat_scale: tuple[float, ...] = ()  # per channel: robust spread of that log variation
     flat_weight: float = 1.0
@@ -111,6 +112,19 @@ def prepare_windows(
     return inputs, targets
 
 
+def error(residual: torch.Tensor, bias_weight: float) -> torch.Tensor:
+    """Per-channel error of residuals (B, W, C): mean square + bias_weight * W * (mean)^2.
+
+    For residuals that are pure noise both parts have the same expectation; an offset d that
+    lasts the whole window adds d^2 to the first and W * d^2 to the second, so the second part is
+    a matched filter for sustained offsets (a drop in flow) that the mean square dilutes.
+    """
+    err = residual.pow(2).mean(dim=1)
+    if bias_weight > 0:
+        err = err + bias_weight * residual.shape[1] * residual.mean(dim=1).pow(2)
+    return err
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
     if device == "auto":
@@ -146,14 +160,14 @@ class LstmGanDetector:
 
     @torch.inference_mode()
     def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per-channel mean squared reconstruction error (B, C) and critic output (B,) or None."""
+        """Per-channel reconstruction error (B, C, see ``error``) and critic output (B,) or None."""
         inputs, targets = self.prepare(windows)
         rec_parts, critic_parts = [], []
         for start in range(0, len(inputs), self.chunk):
             stop = start + self.chunk
             x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(self.device)
             y = torch.from_numpy(np.ascontiguousarray(targets[start:stop])).to(self.device)
-            err = (self.networks.reconstruct(x) - y).pow(2).mean(dim=1)
+            err = error(self.networks.reconstruct(x) - y, self.normaliser.bias_weight)
             rec_parts.append(err.double().cpu().numpy())
             if self.networks.adversarial:
                 critic_parts.append(self.networks.critic_x(y).double().cpu().numpy())

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from detector.artifact import ArtifactError, load_artifact, save_artifact
-from detector.model import ScoreNormaliser
+from detector.model import ScoreNormaliser, error
 from detector.scaler import StandardScaler
 from training.trainer import TrainConfig, slow_channels, train
 
@@ -120,6 +120,15 @@ def test_normaliser_round_trips_and_reads_artifacts_without_a_flat_term(trained)
     assert old.flat_floor == () and not old.flat_terms(np.full((2, 3), -9.0)).any()
     with pytest.raises(ValueError, match="positive"):
         ScoreNormaliser.from_dict({**n.to_dict(), "flat_scale": [0.0] * len(CHANNELS)})
+
+
+def test_error_weighs_sustained_offsets_by_the_window_length():
+    w = 16
+    offset = torch.full((1, w, 2), 0.5)
+    offset[0, :, 1] = torch.tensor([0.5, -0.5] * (w // 2))  # same energy, no sustained offset
+    plain, weighted = error(offset, 0.0), error(offset, 1.0)
+    torch.testing.assert_close(plain, torch.tensor([[0.25, 0.25]]))
+    torch.testing.assert_close(weighted, torch.tensor([[0.25 + w * 0.25, 0.25]]))
 
 
 def test_cpu_training_is_reproducible_with_a_seed():

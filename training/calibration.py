@@ -1,13 +1,15 @@
 """Calibration fitted once at training time and stored with the model.
 
-Rule (documented in the README): on the held-back normal windows, the log reconstruction error and the
-critic output are each centred on their median and divided by their robust spread (IQR / 1.349,
-the standard deviation for Gaussian data). The score is the log-error term plus ``critic_weight``
-times the absolute critic term, plus a stuck-sensor term: per channel, how many robust spreads the
-window's step-to-step variation (log std of first differences) falls below a tenth of the
-flattest training window's (zero for anything near what training has seen); the largest channel counts. The threshold is the highest held-back score plus
-``threshold_margin`` times the scores' robust spread: normal data the model never saw stays below
-it, with a margin for the slow drift that real plants show.
+Rule (documented in the README): on the held-back normal windows, the log reconstruction error
+(mean square plus ``bias_weight`` times the sustained-offset part, see ``detector.model.error``)
+and the critic output are each centred on their median and divided by their robust spread
+(IQR / 1.349, the standard deviation for Gaussian data). The score is the log-error term plus
+``critic_weight`` times the absolute critic term, plus a stuck-sensor term: per channel, how many
+robust spreads the window's step-to-step variation (log std of first differences) falls below a
+tenth of the flattest training window's (zero for anything near what training has seen); the
+largest channel counts. The threshold is the highest held-back score plus ``threshold_margin``
+times the scores' robust spread: normal data the model never saw stays below it, with a margin
+for the slow drift that real plants show.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def calibrate(
     """Return normaliser, threshold, and the scores of the fitting and held-back windows."""
     rec, critic = detector.components(calib_windows)
     log_rec = np.log(np.maximum(rec.mean(axis=1), 1e-12))
-    kwargs = {"rec_center": float(np.median(log_rec)), "rec_scale": robust_spread(log_rec)}
+    kwargs = {"rec_center": float(np.median(log_rec)), "rec_scale": robust_spread(log_rec),
+              "bias_weight": detector.normaliser.bias_weight}
     if critic is not None:
         kwargs.update(
             critic_center=float(np.median(critic)), critic_scale=robust_spread(critic),

@@ -46,6 +46,7 @@ class TrainConfig:
     adv_weight: float = 1.0
     critic_weight: float = 0.5  # weight of the critic term in the score, after normalisation
     flat_weight: float = 1.0  # weight of the stuck-sensor term (0 turns it off)
+    bias_weight: float = 0.5  # weight of sustained offsets in the error (detector.model.error)
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
     threshold_margin: float = 2.0  # threshold = max held-back score + margin * their spread
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
@@ -190,7 +191,8 @@ def train(
 
     nets.eval()
     detector = LstmGanDetector(
-        nets, scaler, ScoreNormaliser(0.0, 1.0), channels, "training", device,
+        nets, scaler, ScoreNormaliser(0.0, 1.0, bias_weight=config.bias_weight), channels,
+        "training", device,
         slow=slow, center_inputs=config.center_inputs, level=level,
     )
     normaliser, threshold, train_scores, calib_scores = calibrate(
