@@ -106,7 +106,7 @@ def prepare_windows(
     if slow is not None and slow.any():
         offset = np.where(slow, mean, 0.0)
         if level is not None and level.explained.any():
-            offset = np.where(slow & level.explained, level.predict(mean), offset)
+            offset = np.where(slow & level.explained, level.predict(scaled)[:, None, :], offset)
         targets = (scaled - offset).astype(np.float32)
     inputs = (scaled - mean).astype(np.float32) if center_inputs else targets
     return inputs, targets

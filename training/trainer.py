@@ -50,7 +50,7 @@ class TrainConfig:
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
     threshold_margin: float = 2.0  # threshold = max held-back score + margin * their spread
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
-    level_r2: float = 0.95  # slow channels the others explain this well keep a relative level
+    level_r2: float = 0.9  # slow channels the others predict this well (R^2, later windows) keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
     max_gap_ms: int | None = None
     device: str = "auto"
@@ -143,7 +143,7 @@ def train(
             f"held back; use more rows or a smaller --window (now {config.window})"
         )
     slow = slow_channels(values[:n_fit], config.slow_autocorr)
-    level = LevelModel.fit(scaler.transform(fit_windows).mean(axis=1), slow, config.level_r2)
+    level = LevelModel.fit(scaler.transform(fit_windows), slow, config.level_r2)
     inputs, targets = prepare_windows(scaler, fit_windows, slow, config.center_inputs, level)
     in_all = torch.from_numpy(inputs).to(device)
     tgt_all = torch.from_numpy(targets).to(device)
