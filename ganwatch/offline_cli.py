@@ -53,6 +53,9 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, default=DEFAULTS.hidden)
     p.add_argument("--latent", type=int, default=DEFAULTS.latent)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--max-gap-s", type=float, default=DEFAULT_MAX_GAP_S,
+                   help=f"no training window spans a gap longer than this (default "
+                        f"{DEFAULT_MAX_GAP_S}, 0 = never), as `ganwatch score` and `serve`")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -91,6 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("--window", "--epochs", "--batch-size", "--hidden", "--latent", "--lr"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     positive("--train-rows", args.train_rows)
+    if args.max_gap_s < 0:
+        raise DataError(f"--max-gap-s must be 0 (never) or positive, got {args.max_gap_s}")
     table = read_table(
         args.data, sep=args.sep, timestamp_column=args.timestamp_column,
         channels=split_names(args.channels), exclude_columns=split_names(args.exclude_columns) or (),
@@ -105,6 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model, window=args.window, epochs=args.epochs, device=args.device, seed=args.seed,
         batch_size=args.batch_size, hidden=args.hidden, latent=args.latent, lr=args.lr,
+        max_gap_ms=int(args.max_gap_s * 1000) or None,
     )
     ts_ms = table.row_ts_ms()[:rows]
     values = table.values[:rows]
@@ -166,6 +172,8 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
     """Load the model and the file with the model's channels; score every row."""
     if args.stride < 1:
         raise DataError(f"--stride must be at least 1, got {args.stride}")
+    if args.max_gap_s < 0:
+        raise DataError(f"--max-gap-s must be 0 (never) or positive, got {args.max_gap_s}")
     artifact = load_artifact(args.model, device=args.device)
     meta = artifact.meta
     ts_col = args.timestamp_column or meta.get("timestamp_column")

@@ -23,7 +23,7 @@ from detector.network import Networks, NetworkShape
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
 from detector.score import Threshold
-from detector.stream import StreamConfig
+from detector.stream import DEFAULT_MAX_GAP_S, StreamConfig
 from training.calibration import calibrate
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class TrainConfig:
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
     level_r2: float = 0.9  # slow channels the others predict this well (R^2, later windows) keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
-    max_gap_ms: int | None = None
+    max_gap_ms: int | None = DEFAULT_MAX_GAP_S * 1000  # no training window spans a longer gap
     device: str = "auto"
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA only
