@@ -119,7 +119,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         stack.enter_context(_quiet_libraries())
         stack.enter_context(_terminate_as_interrupt())
         say(f"ganwatch demo: {opts.entities} pumps x {opts.rows} readings, output in {out}/")
-        say("[1/6] starting the Kafka-protocol broker (tansu) and Redis on 127.0.0.1")
+        stage("[1/6] starting the Kafka-protocol broker (tansu) and Redis on 127.0.0.1")
         kafka = stack.enter_context(EmbeddedKafka())
         redis = stack.enter_context(EmbeddedRedis())
         servers = {"kafka": {"pid": kafka.pid, "bootstrap": kafka.bootstrap},
@@ -130,7 +130,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         say(f"      topics {TOPICS['input']} ({INPUT_PARTITIONS} partitions), "
             + ", ".join(TOPICS[k] for k in ("alerts", "dead_letter", "scores")))
 
-        say("[2/6] simulating pump telemetry with injected faults")
+        stage("[2/6] simulating pump telemetry with injected faults")
         sim = simulate_pumps(opts, out / "data")
         say(f"      channels {', '.join(sim.telemetry.channels)}; CSV files in {out / 'data'}/")
         for f in sim.telemetry.faults:
@@ -139,14 +139,14 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                 f"{report.iso(ts[f.start])[11:19]} to {report.iso(ts[f.end - 1])[11:19]}")
 
         config = TrainConfig(epochs=opts.epochs, seed=opts.seed, max_gap_ms=DEFAULT_MAX_GAP_S * 1000)
-        say(f"[3/6] training {config.model} on the first {sim.train_rows} fault-free readings of "
+        stage(f"[3/6] training {config.model} on the first {sim.train_rows} fault-free readings of "
             f"each pump ({config.epochs} epochs)")
         model_dir = out / "model"
         meta, result = train_model(sim.tables, sim.train_rows, config, model_dir, opts.seed)
         say(f"      model {meta['model_version']} in {model_dir}/ (threshold "
             f"{result.threshold.value:.2f}, {result.metrics['train_seconds']:.0f} s)")
 
-        say("[4/6] starting the worker")
+        stage("[4/6] starting the worker")
         running, metrics_port, alerts, scores = _start_worker(stack, kafka.bootstrap, redis.url,
                                                               model_dir)
         say(f"      metrics and health on http://127.0.0.1:{metrics_port}/metrics")
@@ -154,7 +154,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         replayed = {e: live.rows_from(t, sim.train_rows) for e, t in sim.tables.items()}
         n_live = len(next(iter(replayed.values())).values)
         pace = f"{opts.speedup:g}x real time" if opts.speedup else "as fast as possible"
-        say(f"[5/6] replaying the next {n_live} readings of each pump, interleaved, {pace}; "
+        stage(f"[5/6] replaying the next {n_live} readings of each pump, interleaved, {pace}; "
             f"alerts as they arrive:")
         say("      " + report.TABLE_HEADER)
         replay_started = time.monotonic()
@@ -163,7 +163,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         caught_up = live.wait_for_worker(running, windows, alerts, scores, WORKER_TIMEOUT_S)
         stream_s = time.monotonic() - replay_started
 
-        say("[6/6] summary")
+        stage("[6/6] summary")
         spans = report.fault_spans(sim.telemetry.faults,
                                    {e: t.ts_ms for e, t in sim.tables.items()}, config.window)
         summary = report.summarise(spans, alerts.records(),
@@ -268,14 +268,31 @@ def _progress(epochs: int) -> Iterator[Callable[[int, dict[str, float]], None]]:
 
         with tqdm(total=epochs, desc="      training", unit="epoch") as bar:
             def update(epoch: int, losses: dict[str, float]) -> None:
+                _stop_if_terminated()
                 bar.set_postfix({k[:6]: f"{v:.3g}" for k, v in losses.items()})
                 bar.update(1)
             yield update
         return
     started = time.monotonic()
-    yield lambda epoch, losses: say(
+    yield lambda epoch, losses: stage(
         f"      epoch {epoch}/{epochs}: reconstruction {losses['reconstruction']:.4f} "
         f"({time.monotonic() - started:.0f} s)")
+
+
+_TERMINATED = threading.Event()
+
+
+def _stop_if_terminated() -> None:
+    """Re-raise a SIGTERM whose KeyboardInterrupt was swallowed: Python drops an exception raised
+    while a finaliser runs, and under load the signal can land in one (a tensor's, a generator's)."""
+    if _TERMINATED.is_set():
+        raise KeyboardInterrupt
+
+
+def stage(text: str) -> None:
+    """A step line of the demo; also where a lost SIGTERM is noticed."""
+    _stop_if_terminated()
+    say(text)
 
 
 @contextlib.contextmanager
@@ -284,8 +301,10 @@ def _terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _TERMINATED.clear()
 
     def interrupt(signum: int, frame: object) -> None:
+        _TERMINATED.set()
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)

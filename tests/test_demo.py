@@ -269,3 +269,18 @@ def test_training_set_puts_every_fitting_part_before_the_held_back_parts():
     assert sorted(np.flatnonzero(steps > 300_000).tolist()) == [5, 11, 13]
     # the trainer's split (first 75 % of the rows) falls exactly between the parts
     assert int(round(len(values) * 0.75)) == 12
+
+
+def test_a_swallowed_sigterm_still_stops_at_the_next_step(capsys):
+    """Python drops an exception raised inside a finaliser; the flag makes the next step raise."""
+    from ganwatch import demo
+
+    demo._TERMINATED.set()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            demo.stage("[4/6] starting the worker")
+        assert "[4/6]" not in capsys.readouterr().out
+    finally:
+        demo._TERMINATED.clear()
+    demo.stage("[4/6] starting the worker")
+    assert "[4/6]" in capsys.readouterr().out

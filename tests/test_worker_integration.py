@@ -5,6 +5,7 @@ Every wait has a deadline; no assertion is about how long something took.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -14,6 +15,8 @@ import uuid
 from typing import Callable
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from connectors.embedded import EmbeddedRedis
@@ -22,6 +25,7 @@ from connectors.prometheus import HealthServer, PrometheusMetrics
 from connectors.redis_store import RedisStateStore, redis_client_from_url
 from detector.alert import alert_id
 from detector.metric import InMemoryMetrics
+from detector.message import ParsedReading, parse_reading
 from detector.protocol import Message
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig
@@ -276,3 +280,48 @@ def test_health_server_and_prometheus_metrics():
     assert "ganwatch_batch_size_count 1.0" in text and "process_" in text
     with HealthServer("127.0.0.1", 0, metrics, broken, broken) as health:
         assert http_status(health.url + "/readyz") == 503
+
+
+junk_bytes = st.one_of(
+    st.binary(max_size=120),
+    st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+        st.sampled_from(["entity", "ts", "values", "x"]),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
+                  st.dictionaries(st.sampled_from(["a", "b"]), st.one_of(st.floats(), st.text(max_size=4))),
+                  ), max_size=4)),
+)
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])  # shrinking on a broker: too slow
+@given(values=st.lists(junk_bytes, min_size=5, max_size=40))
+def test_fuzzed_bytes_are_dead_lettered_with_the_original_bytes(
+    values, kafka_bootstrap, topic_factory, rig
+):
+    """Arbitrary bytes and JSON shapes on the real broker: every record is either accepted or
+    dead-lettered with its exact bytes and offset, the loop keeps going, nothing is lost."""
+    readings = topic_factory()
+    produce(kafka_bootstrap, readings, messages(values))
+    dead_reader = TopicReader(kafka_bootstrap, rig.topics["dead"])
+    worker = rig(readings)
+    try:
+        with Running(worker):
+            wait_until(lambda: worker.metrics.count("readings_total") == len(values), "all consumed")
+            # examples share the fixture's dead-letter topic: count this example's records only
+            def ours() -> dict[int, dict]:
+                dead_reader.poll()
+                return {d["source"]["offset"]: d for d in dead_reader.json()
+                        if d["source"]["topic"] == readings}
+
+            wait_until(lambda: len(ours()) == worker.metrics.count("dead_letters_total"),
+                       "dead letters on the topic")
+        dead = ours()
+        parsed = [parse_reading(m, CHANNELS) for m in messages(values)]
+        rejected = {i for i, p in enumerate(parsed) if not isinstance(p, ParsedReading)}
+        assert rejected <= set(dead), "a rejected record never reached the dead-letter topic"
+        for offset, d in dead.items():
+            assert base64.b64decode(d["value_b64"]) == (values[offset] or b"")
+            assert d["reason"]
+        assert worker.ready
+    finally:
+        dead_reader.close()
