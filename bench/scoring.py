@@ -7,6 +7,7 @@ import time
 import numpy as np
 import torch
 
+from detector.level import LevelModel
 from detector.model import LstmGanDetector, ScoreNormaliser, resolve_device
 from detector.network import Networks, NetworkShape
 from detector.scaler import StandardScaler
@@ -22,9 +23,17 @@ def default_detector(device: str = "cpu") -> LstmGanDetector:
     nets = Networks(NetworkShape(cfg.model, N_CHANNELS, cfg.window, cfg.hidden, cfg.latent))
     scaler = StandardScaler(np.zeros(N_CHANNELS), np.ones(N_CHANNELS))
     slow = np.zeros(N_CHANNELS, dtype=bool)
-    slow[:2] = True
-    return LstmGanDetector(nets, scaler, ScoreNormaliser(0.0, 1.0, 0.0, 1.0, cfg.critic_weight),
-                           [f"c{i}" for i in range(N_CHANNELS)], "bench", device=device, slow=slow)
+    slow[:2] = True  # one explained by the others, one on its own: every scoring path is exercised
+    coef = np.zeros((2 * N_CHANNELS, N_CHANNELS))
+    coef[2, 0] = 1.0
+    level = LevelModel(coef, np.zeros(N_CHANNELS), np.array([True] + [False] * (N_CHANNELS - 1)),
+                       np.full(N_CHANNELS, np.nan))
+    normaliser = ScoreNormaliser(
+        0.0, 1.0, 0.0, 1.0, cfg.critic_weight, bias_weight=cfg.bias_weight,
+        flat_floor=(-1.0,) * N_CHANNELS, flat_scale=(0.1,) * N_CHANNELS, flat_weight=cfg.flat_weight,
+    )
+    return LstmGanDetector(nets, scaler, normaliser, [f"c{i}" for i in range(N_CHANNELS)], "bench",
+                           device=device, slow=slow, level=level)
 
 
 def rate(detector: LstmGanDetector, batch: int, seconds: float = 2.0) -> float:
