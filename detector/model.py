@@ -80,7 +80,9 @@ FLAT_EPS = 1e-3  # in scaled units: variation below this counts as a flat line
 
 
 def variation(scaled: np.ndarray) -> np.ndarray:
-    """Log standard deviation of first differences per window and channel, (B, W, C) -> (B, C)."""
+    """Log standard deviation of first differences per window and channel, (B, W, C) -> (B, C).
+
+    Unchanged by adding a constant to a channel's window, so centred inputs give the same values."""
     if scaled.shape[-2] < 2:
         return np.zeros(scaled.shape[:-2] + scaled.shape[-1:])
     return np.log(np.diff(scaled, axis=-2).std(axis=-2) + FLAT_EPS)
@@ -161,7 +163,10 @@ class LstmGanDetector:
     @torch.inference_mode()
     def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-channel reconstruction error (B, C, see ``error``) and critic output (B,) or None."""
-        inputs, targets = self.prepare(windows)
+        return self._forward(*self.prepare(windows))
+
+    @torch.inference_mode()
+    def _forward(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         rec_parts, critic_parts = [], []
         for start in range(0, len(inputs), self.chunk):
             stop = start + self.chunk
@@ -185,10 +190,11 @@ class LstmGanDetector:
                 f"windows must have shape (batch, {self.window}, {len(self.channels)}), "
                 f"got {windows.shape}"
             )
-        rec, critic = self.components(windows)
+        inputs, targets = self.prepare(windows)
+        rec, critic = self._forward(inputs, targets)
         flat = None
-        if self.normaliser.flat_floor:
-            flat = self.normaliser.flat_terms(variation(self.scaler.transform(windows)))
+        if self.normaliser.flat_floor:  # inputs differ from scaled windows by per-window offsets only
+            flat = self.normaliser.flat_terms(variation(inputs))
         scores = self.normaliser.combine(rec.mean(axis=1), critic, flat)
         if flat is None or not flat.any():
             return ScoreBatch(scores=scores, contributions=shares(rec))
