@@ -4,6 +4,7 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from bench import skab
 from bench.scoring import N_CHANNELS, default_detector
@@ -27,3 +28,13 @@ def test_skab_protocol_counts_every_test_row_of_a_file():
     row = skab.run_file(files[0], replace(TrainConfig(), epochs=1, device="cpu"))
     assert row["tp"] + row["fp"] + row["fn"] + row["tn"] == table_rows - skab.TRAIN_ROWS
     assert row["tp"] + row["fn"] == 401  # valve1/0.csv labels 401 anomalous rows, all after row 400
+
+
+def test_overrides_are_typed_training_fields_and_refuse_anything_else():
+    from bench.__main__ import parse_overrides
+
+    assert parse_overrides(["epochs=30", "threshold_margin=1.5", "center_inputs=false"]) == {
+        "epochs": 30, "threshold_margin": 1.5, "center_inputs": False}
+    for bad in (["nope=1"], ["epochs"], ["epochs=x"], ["model=lstm-ae"]):
+        with pytest.raises(ValueError):
+            parse_overrides(bad)
