@@ -146,7 +146,7 @@ def load_artifact(directory: str | Path, device: str = "auto") -> Artifact:
     unknown = sorted(set(slow_names) - set(meta["channels"]))
     if unknown:
         raise ArtifactError(f"{directory / META}: slow_channels names unknown channels {unknown}")
-    slow = np.array([c in set(slow_names) for c in meta["channels"]], dtype=bool)
+    slow = np.isin(meta["channels"], slow_names)
     level = None
     if "level_model" in meta:
         try:

@@ -103,8 +103,7 @@ def _parse(msg: Message, channels: Sequence[str], fields: FieldNames) -> ParsedR
         return ParsedReading(entity, ts_ms, np.array(present), (), msg)
     values = np.full(len(channels), np.nan)
     missing = []
-    for j, name in enumerate(channels):
-        v = raw.get(name)
+    for j, (name, v) in enumerate(zip(channels, present)):
         if v is None:
             missing.append(j)
             continue

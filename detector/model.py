@@ -160,7 +160,6 @@ class LstmGanDetector:
     def prepare(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return prepare_windows(self.scaler, windows, self.slow, self.center_inputs, self.level)
 
-    @torch.inference_mode()
     def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-channel reconstruction error (B, C, see ``error``) and critic output (B,) or None."""
         return self._forward(*self.prepare(windows))

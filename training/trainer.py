@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector.model import LstmGanDetector, ScoreNormaliser, prepare_windows, resolve_device
 from detector.level import LevelModel
+from detector.model import LstmGanDetector, ScoreNormaliser, prepare_windows, resolve_device
 from detector.network import Networks, NetworkShape
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
@@ -50,7 +50,7 @@ class TrainConfig:
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
     threshold_margin: float = 2.0  # threshold = max held-back score + margin * their spread
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
-    level_r2: float = 0.9  # slow channels the others predict this well (R^2, later windows) keep a relative level
+    level_r2: float = 0.9  # slow channels the others predict this well keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
     max_gap_ms: int | None = DEFAULT_MAX_GAP_S * 1000  # no training window spans a longer gap
     device: str = "auto"
@@ -192,8 +192,7 @@ def train(
     nets.eval()
     detector = LstmGanDetector(
         nets, scaler, ScoreNormaliser(0.0, 1.0, bias_weight=config.bias_weight), channels,
-        "training", device,
-        slow=slow, center_inputs=config.center_inputs, level=level,
+        "training", device, slow=slow, center_inputs=config.center_inputs, level=level,
     )
     normaliser, threshold, train_scores, calib_scores = calibrate(
         detector, fit_windows, calib_windows, config
