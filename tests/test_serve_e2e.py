@@ -312,11 +312,20 @@ def test_kill_9_mid_stream_then_restart_loses_no_alert(rig, model_dir, table):
     want_ids = {a["alert_id"] for a in expected_alerts(artifact, table)}
     scored = offline(artifact, table)
     want_scores = {int(t): s for t, s in zip(table.ts_ms, scored.scores) if not np.isnan(s)}
+    window = artifact.detector.window
     scores, alerts = rig.reader("scores"), rig.reader("alerts")
     extra = ("--scores-topic", rig.topics["scores"], "--max-batch", "10")
     first = rig.start(model_dir, *extra)
-    # paced, so that the worker is busy with small batches when it is killed
-    publisher = threading.Thread(target=rig.publish, args=(table,), kwargs={"rate": 100.0})
+    # the normal head first, so that the worker is live (joined, caught up) before the faults
+    head = min(FAULTS["flow"]) - 20
+    assert rig.publish(rows(table, 0, head)) == head
+    wait_until(lambda: {r["ts_ms"] for r in scores.poll()} >= set(table.ts_ms[window - 1:head]),
+               "the head's scores", first)
+    # then paced, so that the worker is busy with small batches when it is killed: the rest
+    # takes (ROWS - head) / 50 = 3.6 s, the first alert comes 0.4 s in
+    publisher = threading.Thread(target=publish, args=(rows(table, head), ENTITY, rig.bootstrap,
+                                                        rig.topics["readings"]),
+                                 kwargs={"rate": 50.0})
     publisher.start()
     try:
         wait_until(lambda: len(alerts.poll()) >= 1, "the first alert", first)
