@@ -16,6 +16,12 @@ Why this order: the store is written only AFTER the producer flush and BEFORE th
 - Saving before the flush would be wrong: a crash between the two would skip the replayed readings
   as duplicates and their alerts would never be published.
 
+Pipelined (``pump``, what ``run`` uses unless ``pipeline`` is off): batch N scores on a background
+thread while N+1 is polled and prepared from copies of N's states; then N is published, flushed,
+saved and committed with its own offsets (``offsets_after``), never the position after N+1. The
+order per batch and the reasoning above hold for each batch; a stage failure redoes both batches
+from the store (see ``detector/batch.py``).
+
 Faults: when loading, scoring, sending, flushing or saving raises, the worker turns not-ready, logs
 (type and message only, never connection settings), sleeps with exponential backoff and retries the
 WHOLE batch from the state load; the polled messages stay in memory and nothing is committed until
@@ -26,23 +32,22 @@ the batch succeeds. If a stop is requested meanwhile it exits without committing
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
-
-from detector.alert import ALERT_MODES, EPISODE, AlertContext, encode, judge, make_alerts, score_record
-from detector.message import (
-    FieldNames, ParsedReading, Rejection, dead_letter, fill_missing, parse_reading,
+from detector.alert import ALERT_MODES, EPISODE, Verdict
+from detector.batch import (
+    Offsets, Outcome, Prepared, Routing, StageFailed, finish, follow_versions, offsets_after, prepare,
+    score_batch,
 )
+from detector.message import FieldNames, ParsedReading, Rejection, parse_reading
 from detector.metric import Metrics, NullMetrics
-from detector.protocol import Sink, Source, StateStore
+from detector.protocol import Message, Sink, Source, StateStore
 from detector.score import Detector, Threshold
-from detector.stream import EntityState, StreamConfig, WindowRef, advance
+from detector.stream import EntityState, StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ class WorkerConfig:
     backoff_max_s: float = 5.0
     lag_interval_s: float = 5.0
     live_timeout_s: float = 120.0
+    pipeline: bool = True  # ``run`` overlaps one batch's scoring with the next one's poll
 
     def __post_init__(self) -> None:
         if self.alert_mode not in ALERT_MODES:
@@ -80,24 +86,23 @@ class WorkerConfig:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
 
 
-class _StageFailed(Exception):
-    def __init__(self, stage: str, cause: Exception) -> None:
-        super().__init__(stage)
-        self.stage, self.cause = stage, cause
-
-
-# What one successful attempt did, as (metric, labels) -> amount; reported once the batch succeeds
-# so retries don't inflate the counters.
-_Outcome = Counter[tuple[str, tuple[tuple[str, str], ...]]]
-
-
 def describe(exc: BaseException) -> str:
     """Type and (truncated) message; tracebacks and connection settings stay out of the logs."""
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
+@dataclass
+class _InFlight:
+    """A pipelined batch: prepared, scoring on the background thread, not yet published."""
+
+    prepared: Prepared
+    future: Future
+    parsed: list[ParsedReading | Rejection]
+    offsets: Offsets
+
+
 class Worker:
-    """Consumes readings from ``source`` and publishes alerts to ``sink``, one batch at a time."""
+    """Consumes readings from ``source`` and publishes alerts to ``sink``, batch after batch."""
 
     def __init__(
         self, source: Source, sink: Sink, store: StateStore, model_loader: ModelLoader,
@@ -109,6 +114,8 @@ class Worker:
         self._loader = model_loader
         self.detector, self.threshold = model_loader()
         self._check_model(self.detector, None)
+        self._routing = Routing(config.alerts_topic, config.dead_letter_topic, config.scores_topic,
+                                config.alert_mode, config.episode_end_windows)
         self._reload = threading.Event()
         self._stop = threading.Event()
         self._ready = False
@@ -116,6 +123,8 @@ class Worker:
         self._abandoned = False  # a batch was given up on stop: never commit after it
         self._heartbeat = clock()
         self._lag_at = float("-inf")
+        self._pending: _InFlight | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def ready(self) -> bool:
@@ -132,15 +141,16 @@ class Worker:
         self._reload.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Loop over batches until ``stop`` is set, then flush, commit and close the source."""
+        """Loop over batches until ``stop`` is set, then finish, flush, commit and close the source."""
         self._stop, self._running = stop, True
         self._set_ready(self._ping())
+        step = self.pump if self.config.pipeline else self.run_once
         delay = self.config.backoff_initial_s
         try:
             while not stop.is_set():
                 self._heartbeat = self.clock()
                 try:
-                    self.run_once()
+                    step()
                     delay = self.config.backoff_initial_s
                 except Exception as exc:  # poll and the like: nothing is in flight, wait and go on
                     self._set_ready(False)
@@ -148,129 +158,178 @@ class Worker:
                     log.warning("poll failed (retrying in %.2fs): %s", delay, describe(exc))
                     stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_max_s)
+            self.drain()
             if not self._abandoned:
                 try:
                     self.sink.flush()
-                    self._commit()
+                    self._commit(None)
                 except Exception as exc:  # every batch was flushed already; this is a formality
                     log.warning("final flush failed: %s", describe(exc))
         finally:
             self._running = False
+            self.close()
             self.source.close()
 
     def run_once(self) -> int:
         """Process one poll batch end to end; return the number of messages consumed."""
+        self.drain()
         if self._abandoned:
             return 0
         self._maybe_reload()
-        messages = self.source.poll(self.config.max_batch, self.config.max_wait_ms)
-        self.metrics.observe("batch_size", len(messages))
-        self._report_lag()
-        if not messages:  # idle: the store ping keeps readiness honest between batches
-            self._set_ready(self._ping())
+        messages = self._poll(self.config.max_wait_ms)
+        if not messages:
             return 0
-        self.metrics.inc("readings_total", len(messages))
-        parsed = [parse_reading(m, self.detector.channels, self.config.fields) for m in messages]
-        delay = self.config.backoff_initial_s
-        while True:
-            try:
-                outcome = self._attempt(parsed)
-                break
-            except _StageFailed as exc:
-                self._set_ready(False)
-                self.metrics.inc("retries_total", stage=exc.stage)
-                log.warning(
-                    "batch of %d failed at %s, retrying whole batch in %.2fs: %s",
-                    len(messages), exc.stage, delay, describe(exc.cause),
-                )
-                self._heartbeat = self.clock()
-                if self._stop.wait(delay):
-                    self._abandoned = True
-                    log.warning("stop requested; leaving %d messages uncommitted", len(messages))
-                    return len(messages)
-                delay = min(delay * 2, self.config.backoff_max_s)
-        self._set_ready(True)
-        self._report(outcome)
-        self._commit()
+        self._process(self._parse(messages), None)
         return len(messages)
 
-    def _attempt(self, parsed: list[ParsedReading | Rejection]) -> _Outcome:
-        out: _Outcome = Counter()
-        rejects = [p for p in parsed if isinstance(p, Rejection)]
-        by_entity: dict[str, list[ParsedReading]] = {}
-        for p in parsed:
-            if isinstance(p, ParsedReading):
-                by_entity.setdefault(p.entity, []).append(p)
-        stage = "load"
-        try:
-            states = self.store.load(list(by_entity)) if by_entity else {}
-            stage = "window"
-            windows: list[WindowRef] = []
-            changed: list[EntityState] = []
-            for entity, readings in by_entity.items():
-                state = states[entity]
-                kept, dropped = fill_missing(
-                    readings, state, self.config.missing_channel == CARRY, self.detector.channels
-                )
-                rejects.extend(dropped)
-                if not kept:
-                    continue
-                ts = np.array([r.ts_ms for r in kept], dtype=np.int64)
-                refs, stats = advance(state, ts, np.stack([r.values for r in kept]), self.config.stream)
-                out["duplicates_total", ()] += stats.duplicates
-                out["gaps_total", ()] += stats.gaps
-                windows.extend(refs)
-                if stats.accepted:
-                    changed.append(state)
-            stage = "score"
-            verdicts = judge(self.detector, self.threshold, windows, self.config.max_batch, self.metrics)
-            out["windows_scored_total", ()] = len(verdicts)
-            ctx = AlertContext(
-                self.detector.channels, self.threshold.value, self.detector.version,
-                int(self.clock() * 1000),
-            )
-            stage = "send"
-            for rejection in rejects:
-                key, value = dead_letter(rejection, ctx.now_ms)
-                self.sink.send(self.config.dead_letter_topic, key, value)
-                out["dead_letters_total", (("reason", rejection.reason),)] += 1
-            alert_ts: list[int] = []
-            for v in verdicts:
-                for alert in make_alerts(
-                    v, states[v.entity].episode, self.config.alert_mode,
-                    self.config.episode_end_windows, ctx,
-                ):
-                    self.sink.send(self.config.alerts_topic, v.entity.encode("utf-8"), encode(alert))
-                    out["alerts_total", (("type", alert["type"]),)] += 1
-                    alert_ts.append(v.ts_ms)
-                if self.config.scores_topic:
-                    self.sink.send(
-                        self.config.scores_topic, v.entity.encode("utf-8"), encode(score_record(v, ctx))
-                    )
-            stage = "flush"
-            self.sink.flush()
-            now = self.clock()
-            for ts_ms in alert_ts:
-                self.metrics.observe("event_to_alert_seconds", now - ts_ms / 1000)
-            stage = "save"
-            saved = self.store.save(changed) if changed else []
-        except Exception as exc:
-            raise _StageFailed(stage, exc) from exc
-        lost = [s.entity for s, ok in zip(changed, saved) if not ok]
-        if lost:
-            out["store_conflicts_total", ()] = len(lost)
-            log.warning("state of %d entities moved on in another worker, not saved: %s",
-                        len(lost), ", ".join(lost[:10]))
-        return out
+    def pump(self) -> int:
+        """One step of the pipelined loop; return the number of messages consumed.
 
-    def _report(self, out: _Outcome) -> None:
-        for (name, labels), n in out.items():
+        Polls and prepares batch N+1 while batch N scores on a background thread (torch releases
+        the GIL), starts N+1's scoring, then publishes, flushes, saves and commits N (its own
+        offsets, not N+1's) while N+1 scores. Any stage failure redoes both batches in order the
+        way ``run_once`` does, from the store. Only a full batch (``max_batch`` messages: a
+        backlog) is left in flight; a smaller one means the worker has caught up, and it is
+        finished at once, for latency.
+        """
+        if self._abandoned:
+            return 0
+        if self._reload.is_set():
+            self.drain()
+            self._maybe_reload()
+        pending = self._pending
+        try:
+            messages = self._poll(0 if pending else self.config.max_wait_ms)
+        except Exception:
+            self.drain()
+            raise
+        if not messages:
+            self.drain()
+            return 0
+        parsed, offsets = self._parse(messages), offsets_after(messages)
+        executor = self._executor = self._executor or ThreadPoolExecutor(
+            1, thread_name_prefix="ganwatch-score")
+        try:
+            prepared = self._prepare(parsed, pending.prepared.carry() if pending else None)
+            verdicts = pending.future.result() if pending else []
+        except StageFailed as exc:
+            self._pending = None
+            self._redo([pending, (parsed, offsets)] if pending else [(parsed, offsets)], exc)
+            return len(messages)
+        future = executor.submit(score_batch, prepared, self.config.max_batch, self.metrics)
+        self._pending = _InFlight(prepared, future, parsed, offsets)
+        if pending is None:
+            if len(messages) < self.config.max_batch:  # caught up: latency over overlap
+                self.drain()
+            return len(messages)
+        try:
+            outcome, lost = self._finish(pending.prepared, verdicts)
+        except StageFailed as exc:  # the new batch stands on the failed one: redo both
+            self._pending = None
+            wait([future])
+            self._redo([pending, (parsed, offsets)], exc)
+            return len(messages)
+        follow_versions(pending.prepared, prepared, lost)
+        self._done(outcome, lost, pending.offsets)
+        if len(messages) < self.config.max_batch:
+            self.drain()
+        return len(messages)
+
+    def drain(self) -> None:
+        """Finish the batch still in flight (pipelined loop): publish, flush, save, commit."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            outcome, lost = self._finish(pending.prepared, pending.future.result())
+        except StageFailed as exc:
+            self._redo([pending], exc)
+            return
+        self._done(outcome, lost, pending.offsets)
+
+    def close(self) -> None:
+        """Stop the scoring thread (idempotent); ``run`` calls it on the way out."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _poll(self, timeout_ms: int) -> list[Message]:
+        messages = self.source.poll(self.config.max_batch, timeout_ms)
+        self._report_lag()
+        if not messages:
+            if self._pending is None:  # idle: the store ping keeps readiness honest
+                self._set_ready(self._ping())
+            return messages
+        self.metrics.observe("batch_size", len(messages))
+        self.metrics.inc("readings_total", len(messages))
+        return messages
+
+    def _parse(self, messages: list[Message]) -> list[ParsedReading | Rejection]:
+        return [parse_reading(m, self.detector.channels, self.config.fields) for m in messages]
+
+    def _prepare(self, parsed: list[ParsedReading | Rejection],
+                 carried: dict[str, EntityState] | None = None) -> Prepared:
+        return prepare(parsed, self.store, self.detector, self.threshold, self.config.stream,
+                       self.config.missing_channel == CARRY, carried)
+
+    def _finish(self, prepared: Prepared, verdicts: list[Verdict]) -> tuple[Outcome, list[str]]:
+        return finish(prepared, verdicts, self.sink, self.store, self._routing, self.clock,
+                      self.metrics)
+
+    def _process(self, parsed: list[ParsedReading | Rejection], offsets: Offsets | None,
+                 failed: StageFailed | None = None) -> bool:
+        """Run one batch to the end, retrying the whole of it with backoff; False if abandoned."""
+        delay = self.config.backoff_initial_s
+        while True:
+            if failed is None:
+                try:
+                    prepared = self._prepare(parsed)
+                    outcome, lost = self._finish(
+                        prepared, score_batch(prepared, self.config.max_batch, self.metrics))
+                    break
+                except StageFailed as exc:
+                    failed = exc
+            self._set_ready(False)
+            self.metrics.inc("retries_total", stage=failed.stage)
+            log.warning("batch of %d failed at %s, retrying whole batch in %.2fs: %s",
+                        len(parsed), failed.stage, delay, describe(failed.cause))
+            failed = None
+            self._heartbeat = self.clock()
+            if self._stop.wait(delay):
+                self._abandoned = True
+                log.warning("stop requested; leaving %d messages uncommitted", len(parsed))
+                return False
+            delay = min(delay * 2, self.config.backoff_max_s)
+        self._done(outcome, lost, offsets)
+        return True
+
+    def _redo(self, batches: list, failed: StageFailed) -> None:
+        """After a pipelined failure: each batch (``_InFlight`` or (parsed, offsets)) in order,
+        from the store, the way ``run_once`` does it."""
+        for batch in batches:
+            if isinstance(batch, _InFlight):
+                wait([batch.future])
+                batch = (batch.parsed, batch.offsets)
+            if not self._process(*batch, failed=failed):
+                return
+            failed = None
+
+    def _done(self, outcome: Outcome, lost: list[str], offsets: Offsets | None) -> None:
+        self._set_ready(True)
+        for (name, labels), n in outcome.items():
             if n:
                 self.metrics.inc(name, n, **dict(labels))
+        if lost:
+            log.warning("state of %d entities moved on in another worker, not saved: %s",
+                        len(lost), ", ".join(lost[:10]))
+        self._commit(offsets)
 
-    def _commit(self) -> None:
+    def _commit(self, offsets: Offsets | None) -> None:
         try:
-            self.source.commit()
+            if offsets is None:
+                self.source.commit()
+            else:
+                self.source.commit(offsets)
         except Exception as exc:
             self.metrics.inc("commit_failures_total")
             log.warning("offset commit failed (the next owner replays the batch): %s", describe(exc))
@@ -319,34 +378,3 @@ class Worker:
     def _set_ready(self, ready: bool) -> None:
         self._ready = ready
         self.metrics.set("ready", 1 if ready else 0)
-
-
-def watch_file(
-    path: str | os.PathLike[str], on_change: Callable[[], None], stop: threading.Event,
-    interval_s: float = 2.0,
-) -> threading.Thread:
-    """Call ``on_change`` (e.g. ``Worker.request_reload``) whenever ``path`` changes; polls its stat.
-
-    Point it at the file written last when an artifact is replaced (``model.json``), so a reload
-    never sees half a model; the loader still validates whatever it reads.
-    """
-
-    def signature() -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size, st.st_ino
-
-    def loop() -> None:
-        seen = signature()
-        while not stop.wait(interval_s):
-            now = signature()
-            if now != seen and now is not None:
-                log.info("%s changed; requesting a model reload", path)
-                on_change()
-            seen = now
-
-    thread = threading.Thread(target=loop, name="ganwatch-model-watch", daemon=True)
-    thread.start()
-    return thread

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from detector.artifact import load_artifact
 from detector.message import FieldNames
+from detector.reload import watch_file
 from detector.score import Detector, Threshold
 from detector.stream import StreamConfig
-from detector.worker import Worker, WorkerConfig, describe, watch_file
+from detector.worker import Worker, WorkerConfig, describe
 from ganwatch.runtime import apply_torch_threads, configure_logging, restore_torch_threads
 from ganwatch.settings import Settings, add_serve_arguments
 
@@ -159,7 +160,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         fields=FieldNames(settings.entity_field, settings.ts_field, settings.values_field),
         alerts_topic=settings.alerts_topic, dead_letter_topic=settings.dead_letter_topic,
         scores_topic=settings.scores_topic, max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
+        max_wait_ms=settings.max_wait_ms, pipeline=settings.pipeline == "on",
     )
     worker = Worker(source, sink, store, loader, config, metrics)
     health = None

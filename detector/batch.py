@@ -1,0 +1,184 @@
+"""One poll batch through the worker's three stages: prepare, score, finish.
+
+- ``prepare``: group by entity (arrival order kept) -> ``store.load`` -> fill missing channels ->
+  ``advance`` each entity. Stages ``load`` and ``window``.
+- ``score_batch``: score ALL the batch's windows in one ``detector.score`` call (chunked at
+  ``max_batch``) and judge them. Stage ``score``. It touches nothing but the windows, so the worker
+  may run it on a background thread while it polls and prepares the next batch.
+- ``finish``: alerts / score records / dead letters -> ``sink.send`` -> ``sink.flush`` ->
+  ``store.save`` (compare-and-set). Stages ``send``, ``flush`` and ``save``.
+
+A failing stage raises ``StageFailed`` naming it; the worker retries the whole batch from the load.
+``prepare`` can take its states from the previous, still unfinished batch (``carried``): it copies
+them, so the previous batch still saves exactly the windows it scored, while the copies share the
+episode dict, which only ``finish`` changes and always in batch order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from detector.alert import AlertContext, Verdict, encode, judge, make_alerts, score_record
+from detector.message import ParsedReading, Rejection, dead_letter, fill_missing
+from detector.metric import Metrics
+from detector.protocol import Message, Sink, StateStore
+from detector.score import Detector, Threshold
+from detector.stream import EntityState, StreamConfig, WindowRef, advance
+
+# What one successful attempt did, as (metric, labels) -> amount; reported once the batch succeeds
+# so retries don't inflate the counters.
+Outcome = Counter[tuple[str, tuple[tuple[str, str], ...]]]
+Offsets = dict[tuple[str, int], int]
+
+
+class StageFailed(Exception):
+    """A batch stage raised; ``stage`` names it for the retry metric and the log."""
+
+    def __init__(self, stage: str, cause: Exception) -> None:
+        super().__init__(stage)
+        self.stage, self.cause = stage, cause
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where ``finish`` sends things and how it makes alerts."""
+
+    alerts_topic: str
+    dead_letter_topic: str
+    scores_topic: str | None
+    alert_mode: str
+    episode_end_windows: int
+
+
+@dataclass
+class Prepared:
+    """A batch whose windows are advanced and ready to score; nothing is written anywhere yet."""
+
+    detector: Detector
+    threshold: Threshold
+    states: dict[str, EntityState]
+    changed: list[EntityState]  # states with accepted readings: the ones to save
+    windows: list[WindowRef]
+    rejects: list[Rejection]
+    outcome: Outcome
+    carried: set[str] = field(default_factory=set)  # taken over from the previous batch
+    stale: set[str] = field(default_factory=set)  # another worker saved them: load, don't carry
+
+    def carry(self) -> dict[str, EntityState]:
+        """The states the next batch may take over instead of loading them."""
+        return {e: s for e, s in self.states.items() if e not in self.stale}
+
+
+def offsets_after(messages: Sequence[Message]) -> Offsets:
+    """The offset to commit per (topic, partition): one past the last message of the batch."""
+    out: Offsets = {}
+    for m in messages:
+        key = (m.topic, m.partition)
+        if m.offset + 1 > out.get(key, -1):
+            out[key] = m.offset + 1
+    return out
+
+
+def prepare(
+    parsed: Sequence[ParsedReading | Rejection], store: StateStore, detector: Detector,
+    threshold: Threshold, stream: StreamConfig, carry_missing: bool,
+    carried: Mapping[str, EntityState] | None = None,
+) -> Prepared:
+    """Load (or take over from ``carried``) each entity's state and advance its windows."""
+    outcome: Outcome = Counter()
+    rejects = [p for p in parsed if isinstance(p, Rejection)]
+    by_entity: dict[str, list[ParsedReading]] = {}
+    for p in parsed:
+        if isinstance(p, ParsedReading):
+            by_entity.setdefault(p.entity, []).append(p)
+    stage = "load"
+    try:
+        carried = carried or {}
+        to_load = [e for e in by_entity if e not in carried]
+        states = store.load(to_load) if to_load else {}
+        for entity in by_entity:
+            if entity in carried:  # the previous batch still saves its own object
+                states[entity] = dataclasses.replace(carried[entity])
+        stage = "window"
+        windows: list[WindowRef] = []
+        changed: list[EntityState] = []
+        for entity, readings in by_entity.items():
+            state = states[entity]
+            kept, dropped = fill_missing(readings, state, carry_missing, detector.channels)
+            rejects.extend(dropped)
+            if not kept:
+                continue
+            ts = np.array([r.ts_ms for r in kept], dtype=np.int64)
+            refs, stats = advance(state, ts, np.stack([r.values for r in kept]), stream)
+            outcome["duplicates_total", ()] += stats.duplicates
+            outcome["gaps_total", ()] += stats.gaps
+            windows.extend(refs)
+            if stats.accepted:
+                changed.append(state)
+    except Exception as exc:
+        raise StageFailed(stage, exc) from exc
+    return Prepared(detector, threshold, states, changed, windows, rejects, outcome,
+                    carried={e for e in by_entity if e in carried})
+
+
+def score_batch(prepared: Prepared, max_batch: int, metrics: Metrics) -> list[Verdict]:
+    """Score and judge every window of the batch; safe to run on another thread."""
+    try:
+        return judge(prepared.detector, prepared.threshold, prepared.windows, max_batch, metrics)
+    except Exception as exc:
+        raise StageFailed("score", exc) from exc
+
+
+def finish(
+    prepared: Prepared, verdicts: Sequence[Verdict], sink: Sink, store: StateStore,
+    routing: Routing, now: Callable[[], float], metrics: Metrics,
+) -> tuple[Outcome, list[str]]:
+    """Publish, flush, then save (compare-and-set); return what the batch did and the entities
+    whose state had moved on in another worker (not saved)."""
+    out = Counter(prepared.outcome)
+    out["windows_scored_total", ()] = len(verdicts)
+    detector = prepared.detector
+    ctx = AlertContext(detector.channels, prepared.threshold.value, detector.version,
+                       int(now() * 1000))
+    stage = "send"
+    try:
+        for rejection in prepared.rejects:
+            key, value = dead_letter(rejection, ctx.now_ms)
+            sink.send(routing.dead_letter_topic, key, value)
+            out["dead_letters_total", (("reason", rejection.reason),)] += 1
+        alert_ts: list[int] = []
+        for v in verdicts:
+            key = v.entity.encode("utf-8")
+            for alert in make_alerts(v, prepared.states[v.entity].episode, routing.alert_mode,
+                                     routing.episode_end_windows, ctx):
+                sink.send(routing.alerts_topic, key, encode(alert))
+                out["alerts_total", (("type", alert["type"]),)] += 1
+                alert_ts.append(v.ts_ms)
+            if routing.scores_topic:
+                sink.send(routing.scores_topic, key, encode(score_record(v, ctx)))
+        stage = "flush"
+        sink.flush()
+        flushed = now()
+        for ts_ms in alert_ts:
+            metrics.observe("event_to_alert_seconds", flushed - ts_ms / 1000)
+        stage = "save"
+        saved = store.save(prepared.changed) if prepared.changed else []
+    except Exception as exc:
+        raise StageFailed(stage, exc) from exc
+    lost = [s.entity for s, ok in zip(prepared.changed, saved) if not ok]
+    if lost:
+        out["store_conflicts_total", ()] = len(lost)
+    return out, lost
+
+
+def follow_versions(finished: Prepared, following: Prepared, lost: Sequence[str]) -> None:
+    """After ``finished`` saved, its successor's copies of the same entities take the new versions;
+    the ``lost`` ones (another worker had saved them) are not carried any further."""
+    for entity in following.carried:
+        following.states[entity].version = finished.states[entity].version
+    following.stale.update(e for e in lost if e in following.carried)
