@@ -19,7 +19,9 @@ Figures (all from the same broker, Redis and default-shaped model):
   flush that delivered the alert, from the worker's ``event_to_alert_seconds`` histogram).
 
 Torch runs with the thread count ``ganwatch serve`` uses (its ``torch_threads`` setting, applied by
-the same ``ganwatch.runtime.apply_torch_threads``), so the figures are the ones serve would see.
+the same ``ganwatch.runtime.apply_torch_threads``), and the worker with serve's ``max_batch`` and
+``max_wait_ms`` defaults, so the figures are the ones serve would see. The raw consumer and pure
+scoring use the same batch size.
 
 Throughput runs use a threshold no window reaches (no alerts), so they measure the loop and the
 model rather than the alerts topic. The consumer timings are the tests' fast ones (tansu holds a
@@ -53,10 +55,11 @@ from ganwatch.runtime import apply_torch_threads
 from ganwatch.settings import Settings
 
 CONSUMER = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "fetch_max_wait_ms": 100}
-MAX_WAIT_MS = 100  # the worker's poll wait: bounds how long a lone reading sits before scoring
+MAX_WAIT_MS: int = Settings.model_fields["max_wait_ms"].default  # serve's poll wait
 T0_MS = 1_700_000_000_000
 DEADLINE_S = 120.0  # any single phase; a hung broker must not hang the benchmark
 SERVE_TORCH_THREADS: int = Settings.model_fields["torch_threads"].default
+SERVE_MAX_BATCH: int = Settings.model_fields["max_batch"].default
 
 
 def reading(entity: str, ts_ms: int, row: np.ndarray) -> bytes:
@@ -333,8 +336,8 @@ def measure(rig: Rig, topic: str, readings: int, stride_one_readings: int, raw_r
     return out
 
 
-def run(readings: int = 20_000, entities: int = 50, stride_one_readings: int = 10_000,
-        max_batch: int = 500, latency_rate: float = 200.0, latency_seconds: float = 10.0,
+def run(readings: int = 40_000, entities: int = 50, stride_one_readings: int = 20_000,
+        max_batch: int = SERVE_MAX_BATCH, latency_rate: float = 200.0, latency_seconds: float = 10.0,
         latency_entities: int = 10, device: str = "auto", torch_threads: int = SERVE_TORCH_THREADS,
         compare_default_threads: bool = True, quick: bool = False) -> dict:
     """All the figures of the module docstring, with e2e/raw (stride 10) and e2e/scoring (stride 1).

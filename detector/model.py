@@ -77,6 +77,7 @@ class ScoreNormaliser:
 
 
 FLAT_EPS = 1e-3  # in scaled units: variation below this counts as a flat line
+CPU_CHUNK, GPU_CHUNK = 512, 8192  # windows per forward pass (see LstmGanDetector)
 
 
 def variation(scaled: np.ndarray) -> np.ndarray:
@@ -144,9 +145,11 @@ class LstmGanDetector:
     def __init__(
         self, networks: Networks, scaler: StandardScaler, normaliser: ScoreNormaliser,
         channels: list[str], version: str, device: str | torch.device = "cpu",
-        slow: np.ndarray | None = None, center_inputs: bool = True, chunk: int = 8192,
+        slow: np.ndarray | None = None, center_inputs: bool = True, chunk: int | None = None,
         level: LevelModel | None = None,
     ) -> None:
+        """``chunk``: most windows per pass; by default 512 on CPU, where larger passes fall out
+        of cache (batch 2048 scores half as fast in one pass), and 8192 on a GPU."""
         self.slow = None if slow is None else np.asarray(slow, dtype=bool)
         self.level = level
         self.center_inputs = center_inputs
@@ -155,7 +158,7 @@ class LstmGanDetector:
         self.channels, self.window, self.version = list(channels), networks.shape.window, version
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.networks.to(self.device)
-        self.chunk = chunk
+        self.chunk = chunk or (CPU_CHUNK if self.device.type == "cpu" else GPU_CHUNK)
 
     def prepare(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return prepare_windows(self.scaler, windows, self.slow, self.center_inputs, self.level)
@@ -189,6 +192,14 @@ class LstmGanDetector:
                 f"windows must have shape (batch, {self.window}, {len(self.channels)}), "
                 f"got {windows.shape}"
             )
+        if len(windows) <= self.chunk:
+            return self._score(windows)
+        # windows score independently, so chunks change nothing but the memory they touch
+        parts = [self._score(windows[i : i + self.chunk]) for i in range(0, len(windows), self.chunk)]
+        return ScoreBatch(scores=np.concatenate([p.scores for p in parts]),
+                          contributions=np.concatenate([p.contributions for p in parts]))
+
+    def _score(self, windows: np.ndarray) -> ScoreBatch:
         inputs, targets = self.prepare(windows)
         rec, critic = self._forward(inputs, targets)
         flat = None

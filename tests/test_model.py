@@ -60,13 +60,17 @@ def test_a_window_scores_the_same_alone_or_in_any_batch(trained):
     det = load_artifact(out, device="cpu").detector
     _, values = normal_data(300, seed=2)
     w = windows_of(values, config.window)
-    together = det.score(w).scores
+    whole = det.score(w)
+    together = whole.scores
     alone = np.array([det.score(w[i : i + 1]).scores[0] for i in range(0, len(w), 17)])
     np.testing.assert_allclose(alone, together[::17], rtol=0, atol=1e-5)
     shuffled = np.random.default_rng(0).permutation(len(w))
     np.testing.assert_allclose(det.score(w[shuffled]).scores, together[shuffled], atol=1e-5)
-    det.chunk = 7  # smaller internal chunks change nothing either
-    np.testing.assert_allclose(det.score(w).scores, together, atol=1e-5)
+    assert det.chunk == 512 and len(w) < 512  # the CPU default; one pass here
+    det.chunk = 7  # passes of 7 windows change nothing either
+    chunked = det.score(w)
+    np.testing.assert_allclose(chunked.scores, together, atol=1e-5)
+    np.testing.assert_allclose(chunked.contributions, whole.contributions, atol=1e-6)
 
 
 def test_round_trip_reproduces_scores_and_metadata(trained, tmp_path):
