@@ -160,7 +160,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         fields=FieldNames(settings.entity_field, settings.ts_field, settings.values_field),
         alerts_topic=settings.alerts_topic, dead_letter_topic=settings.dead_letter_topic,
         scores_topic=settings.scores_topic, max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms, pipeline=settings.pipeline == "on",
+        max_wait_ms=settings.max_wait_ms,
     )
     worker = Worker(source, sink, store, loader, config, metrics)
     health = None

@@ -95,9 +95,6 @@ class Settings(BaseModel):
     # stream and alert rules
     max_batch: int = Field(4096, ge=1, description="Most messages scored in one batch.")
     max_wait_ms: int = Field(100, ge=0, description="Longest wait for a batch to fill.")
-    pipeline: Literal["on", "off"] = Field(
-        "on", description="`on`: score a batch on a background thread while the next one is polled "
-        "and prepared; `off`: one batch at a time.")
     stride: int = Field(1, ge=1, description="Score every k-th reading of an entity.")
     alert_mode: Literal["episode", "window"] = Field(
         "episode", description="`episode`: start/end alerts; `window`: one alert per anomalous window.")
