@@ -16,8 +16,9 @@ Figures (all from the same broker, Redis and default-shaped model):
   flush that delivered the alert, from the worker's ``event_to_alert_seconds`` histogram).
 
 Torch runs with the thread count ``ganwatch serve`` uses (its ``torch_threads`` setting, applied by
-the same ``ganwatch.runtime.apply_torch_threads``), and the worker with serve's ``max_batch`` and
-``max_wait_ms`` defaults, so the figures are the ones serve would see. The raw consumer and pure
+the same ``ganwatch.runtime.apply_torch_threads``), the garbage collector tuned as serve tunes it
+(``ganwatch.runtime.tune_gc``), and the worker with serve's ``max_batch`` and ``max_wait_ms``
+defaults, so the figures are the ones serve would see. The raw consumer and pure
 scoring use the same batch size.
 
 Throughput runs use a threshold no window reaches (no alerts), so they measure the loop and the
@@ -48,7 +49,7 @@ from detector.protocol import Message
 from detector.score import Threshold
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig
-from ganwatch.runtime import apply_torch_threads
+from ganwatch.runtime import SERVE_GC_THRESHOLDS, apply_torch_threads, restore_gc, tune_gc
 from ganwatch.settings import Settings
 
 CONSUMER = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "fetch_max_wait_ms": 100}
@@ -323,7 +324,7 @@ def run(readings: int = 40_000, entities: int = 50, stride_one_readings: int = 2
     detector = default_detector(str(dev))
     out: dict = {"device": str(dev), "window": detector.window, "channels": N_CHANNELS,
                  "max_batch": max_batch, "max_wait_ms": MAX_WAIT_MS, "entities": entities,
-                 "consumer": dict(CONSUMER)}
+                 "consumer": dict(CONSUMER), "gc_thresholds": list(SERVE_GC_THRESHOLDS)}
     default_threads = torch.get_num_threads()
     with EmbeddedKafka() as kafka, EmbeddedRedis() as redis_server:
         rig = Rig(kafka, redis_server, detector, max_batch)
@@ -333,21 +334,35 @@ def run(readings: int = 40_000, entities: int = 50, stride_one_readings: int = 2
             started = time.perf_counter()
             produce_readings(kafka.bootstrap, topic, readings, entities)
             out["produce_seconds"] = round(time.perf_counter() - started, 3)
-            # a read takes a fraction of a second: the median of three steadies the reference
-            runs = sorted((raw_consume_rate(kafka.bootstrap, topic, readings, max_batch)
-                           for _ in range(3)), key=lambda r: r["messages_per_second"])
-            out["raw_consume"] = {**runs[1], "runs_messages_per_second":
-                                  [r["messages_per_second"] for r in runs]}
-            raw = out["raw_consume"]["messages_per_second"]
-            args = (readings, stride_one_readings, raw, latency_rate, latency_seconds,
-                    latency_entities)
-            apply_torch_threads(torch_threads)
-            out.update(measure(rig, topic, *args))
-            if (compare_default_threads and dev.type == "cpu"
-                    and torch.get_num_threads() != default_threads):
-                torch.set_num_threads(default_threads)
-                out["torch_default_threads"] = measure(rig, topic, *args)
+            # the raw reads as well as the worker run with the collector tuned as serve tunes it
+            gc_before = tune_gc()
+            try:
+                out.update(_measure_all(rig, topic, readings, stride_one_readings, max_batch,
+                                        latency_rate, latency_seconds, latency_entities,
+                                        torch_threads, default_threads,
+                                        compare_default_threads and dev.type == "cpu"))
+            finally:
+                restore_gc(gc_before)
         finally:
             torch.set_num_threads(default_threads)
             rig.close()
+    return out
+
+
+def _measure_all(rig: Rig, topic: str, readings: int, stride_one_readings: int, max_batch: int,
+                 latency_rate: float, latency_seconds: float, latency_entities: int,
+                 torch_threads: int, default_threads: int, compare_default_threads: bool) -> dict:
+    out: dict = {}
+    # a read takes a fraction of a second: the median of three steadies the reference
+    runs = sorted((raw_consume_rate(rig.kafka.bootstrap, topic, readings, max_batch)
+                   for _ in range(3)), key=lambda r: r["messages_per_second"])
+    out["raw_consume"] = {**runs[1], "runs_messages_per_second":
+                          [r["messages_per_second"] for r in runs]}
+    args = (readings, stride_one_readings, out["raw_consume"]["messages_per_second"], latency_rate,
+            latency_seconds, latency_entities)
+    apply_torch_threads(torch_threads)
+    out.update(measure(rig, topic, *args))
+    if compare_default_threads and torch.get_num_threads() != default_threads:
+        torch.set_num_threads(default_threads)
+        out["torch_default_threads"] = measure(rig, topic, *args)
     return out

@@ -1,4 +1,5 @@
-"""Process-wide setup of the ``ganwatch`` command: log handler and format, torch's CPU threads.
+"""Process-wide setup of the ``ganwatch`` command: log handler and format, torch's CPU threads, the
+garbage collector.
 
 ``configure_logging`` installs one stderr handler on the root logger (replacing the one it installed
 before, so ``serve`` can re-apply the level and format from its settings) and masks the given secrets
@@ -8,6 +9,7 @@ in every line it writes, whatever logged them. ``log_format="json"`` writes one 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -102,3 +104,30 @@ def restore_torch_threads(count: int) -> None:
     import torch
 
     torch.set_num_threads(count)
+
+
+# Collect the youngest generation every 10,000 net allocations instead of 700: a poll batch of 4096
+# readings allocates a few hundred thousand objects (messages, parsed JSON, windows), and each
+# collection walked whatever else was young. Older generations: every 50th and 100th time.
+SERVE_GC_THRESHOLDS = (10_000, 50, 100)
+
+
+def tune_gc(thresholds: tuple[int, int, int] = SERVE_GC_THRESHOLDS) -> tuple[int, int, int]:
+    """For a long-running worker: freeze what is alive after start-up (model, clients, modules) out
+    of every later collection, and collect less often; return the thresholds before.
+
+    On the streaming benchmark this takes the worker from about 30,000 to 36,000 windows/s at
+    stride 1: the garbage collector cost as much as advancing the windows five times over.
+    """
+    before = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
+    log.info("gc: start-up objects frozen, thresholds %s", thresholds)
+    return before
+
+
+def restore_gc(thresholds: tuple[int, int, int]) -> None:
+    """Undo ``tune_gc`` (thresholds it returned), for callers that run a worker in-process."""
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)

@@ -19,7 +19,7 @@ from detector.reload import watch_file
 from detector.score import Detector, Threshold
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig, describe
-from ganwatch.runtime import apply_torch_threads, configure_logging, restore_torch_threads
+from ganwatch.runtime import apply_torch_threads, configure_logging, restore_torch_threads, tune_gc
 from ganwatch.settings import Settings, add_serve_arguments
 
 if TYPE_CHECKING:
@@ -208,6 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: running.worker.request_reload())
+    tune_gc()  # after start-up: the model and clients are frozen out of later collections
     try:
         running.worker.run(stop)  # returns after the last batch is flushed and committed
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -12,7 +13,8 @@ from typing import Iterator
 import pytest
 
 from ganwatch.runtime import (
-    LineFormatter, apply_torch_threads, configure_logging, restore_torch_threads,
+    SERVE_GC_THRESHOLDS, LineFormatter, apply_torch_threads, configure_logging, restore_gc,
+    restore_torch_threads, tune_gc,
 )
 
 
@@ -117,3 +119,14 @@ def test_torch_threads_are_applied_and_zero_leaves_them():
             apply_torch_threads(-1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_tune_gc_freezes_start_up_objects_and_restore_undoes_it():
+    before = gc.get_threshold()
+    kept = [object() for _ in range(10)]  # alive at "start-up"
+    try:
+        assert tune_gc() == before
+        assert gc.get_threshold() == SERVE_GC_THRESHOLDS and gc.get_freeze_count() > len(kept)
+    finally:
+        restore_gc(before)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
