@@ -10,6 +10,9 @@ Figures (all from the same broker, Redis and default-shaped model):
   of the last one. At stride 10 scoring is cheap, so this is the loop's own cost (parse, Redis,
   produce, commit); at stride 1 every reading completes a window and scoring dominates.
 - ``pure_scoring``: ``bench.scoring.rate`` at the worker's batch size (windows/s).
+- ``one_batch_at_a_time``: the worker figures and latency again with ``pipeline`` off (each batch
+  polled, scored and committed before the next is polled), run interleaved with the pipelined
+  ones; ``pipeline_speedup_*`` are pipelined / one-at-a-time.
 - ``latency``: readings replayed at a fixed rate, stamped with the wall clock when sent; the worker
   alerts per window (``--alert-mode window``) with a threshold that about half the windows exceed;
   latency = ``detected_at`` - reading timestamp, p50 and p99 (``flushed_*``: up to the producer
@@ -29,6 +32,7 @@ group join for about session_timeout/2); the join is outside every measured inte
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -43,8 +47,10 @@ from bench.scoring import N_CHANNELS, default_detector, rate
 from connectors.embedded import EmbeddedKafka, EmbeddedRedis
 from connectors.kafka import KafkaSink, KafkaSource, create_topics
 from connectors.redis_store import RedisStateStore, redis_client_from_url
+from detector.artifact import load_artifact, save_artifact
 from detector.metric import InMemoryMetrics
 from detector.model import LstmGanDetector, resolve_device
+from detector.process import ProcessDetector
 from detector.protocol import Message
 from detector.score import Threshold
 from detector.stream import StreamConfig
@@ -130,9 +136,11 @@ class TimedSource:
         self.consumed += len(out)
         return out
 
-    def commit(self) -> None:
-        self.source.commit()
-        if self.consumed >= self.n and self.last is None:
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        self.source.commit(offsets)
+        # one partition from offset 0: the committed offsets count the records done
+        done = self.consumed if offsets is None else sum(offsets.values())
+        if done >= self.n and self.last is None:
             self.last = time.perf_counter()
             self.done.set()
 
@@ -150,9 +158,29 @@ class Rig:
                  detector: LstmGanDetector, max_batch: int) -> None:
         self.kafka, self.detector, self.max_batch = kafka, detector, max_batch
         self.client = redis_client_from_url(redis_server.url)
+        self._tmp = tempfile.TemporaryDirectory(prefix="ganwatch-bench-")
+        self._processes: dict[int, ProcessDetector] = {}
+
+    def process_detector(self) -> ProcessDetector:
+        """The same model in a scoring process with torch's current thread count, as serve's
+        pipelined loop runs it."""
+        threads = torch.get_num_threads()
+        if threads not in self._processes:
+            d = self.detector
+            extra = {"slow_channels": [c for c, s in zip(d.channels, d.slow) if s]
+                     if d.slow is not None else [], "center_inputs": d.center_inputs}
+            if d.level is not None:
+                extra["level_model"] = d.level.to_dict()
+            meta = save_artifact(self._tmp.name, d.networks, d.scaler, d.normaliser,
+                                 Threshold(0.0), d.channels, extra=extra)
+            inline = load_artifact(self._tmp.name, device=str(d.device)).detector
+            assert inline.version == meta["model_version"]
+            self._processes[threads] = ProcessDetector(self._tmp.name, inline, str(d.device),
+                                                       threads)
+        return self._processes[threads]
 
     def worker(self, topic: str, n: int, stride: int, threshold: Threshold,
-               alerts_topic: str) -> tuple[Worker, TimedSource, KafkaSink]:
+               alerts_topic: str, pipeline: bool = True) -> tuple[Worker, TimedSource, KafkaSink]:
         group = f"bench-{uuid.uuid4().hex}"
         source = TimedSource(lambda on_assigned: KafkaSource(
             [topic], group, self.kafka.bootstrap, max_poll_records=self.max_batch,
@@ -165,13 +193,18 @@ class Rig:
             StreamConfig(self.detector.window, stride), alert_mode="window",
             alerts_topic=alerts_topic, dead_letter_topic=alerts_topic + "-dead",
             max_batch=self.max_batch, max_wait_ms=MAX_WAIT_MS, lag_interval_s=3600,
+            pipeline=pipeline,
         )
-        worker = Worker(source, sink, store, lambda: (self.detector, threshold), config,
+        detector = self.process_detector() if pipeline else self.detector
+        worker = Worker(source, sink, store, lambda: (detector, threshold), config,
                         InMemoryMetrics())
         return worker, source, sink
 
     def close(self) -> None:
         self.client.close()
+        for process in self._processes.values():
+            process.close()
+        self._tmp.cleanup()
 
 
 def run_worker(worker: Worker) -> tuple[threading.Thread, threading.Event]:
@@ -187,8 +220,9 @@ def stop_worker(thread: threading.Thread, stop: threading.Event, sink: KafkaSink
     sink.close()
 
 
-def worker_rate(rig: Rig, topic: str, n: int, stride: int) -> dict:
-    worker, source, sink = rig.worker(topic, n, stride, Threshold(float("inf")), f"{topic}-alerts")
+def worker_rate(rig: Rig, topic: str, n: int, stride: int, pipeline: bool = True) -> dict:
+    worker, source, sink = rig.worker(topic, n, stride, Threshold(float("inf")), f"{topic}-alerts",
+                                      pipeline)
     thread, stop = run_worker(worker)
     try:
         if not source.done.wait(DEADLINE_S):
@@ -256,11 +290,12 @@ def iso_to_ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
 
 
-def latency(rig: Rig, rate_per_s: float, seconds: float, entities: int, stride: int) -> dict:
+def latency(rig: Rig, rate_per_s: float, seconds: float, entities: int, stride: int,
+            pipeline: bool = True) -> dict:
     topic, alerts = (f"bench-paced-{uuid.uuid4().hex}", f"bench-alerts-{uuid.uuid4().hex}")
     create_topics(rig.kafka.bootstrap, [topic, alerts, alerts + "-dead"])
     threshold = median_threshold(rig.detector)
-    worker, source, sink = rig.worker(topic, 1 << 62, stride, threshold, alerts)
+    worker, source, sink = rig.worker(topic, 1 << 62, stride, threshold, alerts, pipeline)
     thread, stop = run_worker(worker)
     try:
         if not source.assigned.wait(DEADLINE_S):  # the group join stays out of the latencies
@@ -290,23 +325,46 @@ def latency(rig: Rig, rate_per_s: float, seconds: float, entities: int, stride: 
 
 
 def measure(rig: Rig, topic: str, readings: int, stride_one_readings: int, raw_rate: float,
-            latency_rate: float, latency_seconds: float, latency_entities: int) -> dict:
-    """Worker rates, pure scoring and latency with the current torch thread count."""
+            latency_rate: float, latency_seconds: float, latency_entities: int,
+            compare_pipeline: bool = False) -> dict:
+    """Worker rates, pure scoring and latency with the current torch thread count; with
+    ``compare_pipeline`` the worker figures again with ``pipeline`` off (``one_batch_at_a_time``),
+    interleaved with the pipelined runs so both see the same machine."""
     out: dict = {"torch_threads": torch.get_num_threads()}
-    out["worker_stride_10"] = worker_rate(rig, topic, readings, 10)
-    # the first stride_one_readings of the same topic, read again by a fresh group
-    out["worker_stride_1"] = worker_rate(rig, topic, min(stride_one_readings, readings), 1)
+    # stride 1 reads the first stride_one_readings of the same topic again, with a fresh group
+    n_one = min(stride_one_readings, readings)
+    modes = (True, False) if compare_pipeline else (True,)
+    runs = {mode: {"worker_stride_10": worker_rate(rig, topic, readings, 10, mode)}
+            for mode in modes}
+    for mode in modes:
+        runs[mode]["worker_stride_1"] = worker_rate(rig, topic, n_one, 1, mode)
+    out.update(runs[True])
     out["pure_scoring"] = {"batch": rig.max_batch,
                            "windows_per_second": round(rate(rig.detector, rig.max_batch), 1)}
-    out["latency"] = latency(rig, latency_rate, latency_seconds, latency_entities, 1)
-    out["ratio_e2e_to_raw_stride_10"] = round(
-        out["worker_stride_10"]["readings_per_second"] / raw_rate, 3)
-    out["ratio_e2e_to_scoring_stride_1"] = round(
-        out["worker_stride_1"]["windows_per_second"] / out["pure_scoring"]["windows_per_second"], 3)
+    for mode in modes:
+        runs[mode]["latency"] = latency(rig, latency_rate, latency_seconds, latency_entities, 1,
+                                        mode)
+    out["latency"] = runs[True]["latency"]
+    scoring = out["pure_scoring"]["windows_per_second"]
+    for figures in runs.values():
+        figures["ratio_e2e_to_raw_stride_10"] = round(
+            figures["worker_stride_10"]["readings_per_second"] / raw_rate, 3)
+        figures["ratio_e2e_to_scoring_stride_1"] = round(
+            figures["worker_stride_1"]["windows_per_second"] / scoring, 3)
+    out["ratio_e2e_to_raw_stride_10"] = runs[True]["ratio_e2e_to_raw_stride_10"]
+    out["ratio_e2e_to_scoring_stride_1"] = runs[True]["ratio_e2e_to_scoring_stride_1"]
+    if compare_pipeline:
+        out["one_batch_at_a_time"] = runs[False]
+        out["pipeline_speedup_stride_10"] = round(
+            out["worker_stride_10"]["readings_per_second"]
+            / runs[False]["worker_stride_10"]["readings_per_second"], 3)
+        out["pipeline_speedup_stride_1"] = round(
+            out["worker_stride_1"]["windows_per_second"]
+            / runs[False]["worker_stride_1"]["windows_per_second"], 3)
     return out
 
 
-def run(readings: int = 40_000, entities: int = 50, stride_one_readings: int = 20_000,
+def run(readings: int = 40_000, entities: int = 50, stride_one_readings: int = 40_000,
         max_batch: int = SERVE_MAX_BATCH, latency_rate: float = 200.0, latency_seconds: float = 10.0,
         latency_entities: int = 10, device: str = "auto", torch_threads: int = SERVE_TORCH_THREADS,
         compare_default_threads: bool = True, quick: bool = False) -> dict:
@@ -361,7 +419,7 @@ def _measure_all(rig: Rig, topic: str, readings: int, stride_one_readings: int, 
     args = (readings, stride_one_readings, out["raw_consume"]["messages_per_second"], latency_rate,
             latency_seconds, latency_entities)
     apply_torch_threads(torch_threads)
-    out.update(measure(rig, topic, *args))
+    out.update(measure(rig, topic, *args, compare_pipeline=True))
     if compare_default_threads and torch.get_num_threads() != default_threads:
         torch.set_num_threads(default_threads)
         out["torch_default_threads"] = measure(rig, topic, *args)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
@@ -142,10 +142,13 @@ class KafkaSource:
                 out.append(Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp))
         return out
 
-    def commit(self) -> None:
-        """Commit (synchronously) the position after all ``poll`` returned; raise ``CommitFailed``."""
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        """Commit (synchronously) ``offsets`` or else the position after all ``poll`` returned;
+        raise ``CommitFailed``."""
+        explicit = None if offsets is None else {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
-            self._consumer.commit()
+            self._consumer.commit(explicit)
         except KafkaError as exc:
             raise CommitFailed(f"offset commit for group {self.group_id!r} failed: {exc}") from exc
 

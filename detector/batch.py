@@ -3,31 +3,37 @@
 - ``prepare``: group by entity (arrival order kept) -> ``store.load`` -> fill missing channels ->
   ``advance`` each entity. Stages ``load`` and ``window``.
 - ``score_batch``: score ALL the batch's windows in one ``detector.score`` call (chunked at
-  ``max_batch``) and judge them. Stage ``score``.
+  ``max_batch``) and judge them. Stage ``score``. It touches nothing but the windows, so the worker
+  may run it on a background thread while it polls and prepares the next batch.
 - ``finish``: alerts / score records / dead letters -> ``sink.send`` -> ``sink.flush`` ->
   ``store.save`` (compare-and-set). Stages ``send``, ``flush`` and ``save``.
 
 A failing stage raises ``StageFailed`` naming it; the worker retries the whole batch from the load.
+``prepare`` can take its states from the previous, still unfinished batch (``carried``): it copies
+them, so the previous batch still saves exactly the windows it scored, while the copies share the
+episode dict, which only ``finish`` changes and always in batch order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from detector.alert import AlertContext, Verdict, encode, judge, make_alerts, score_record
 from detector.message import ParsedReading, Rejection, dead_letter, fill_missing
 from detector.metric import Metrics
-from detector.protocol import Sink, StateStore
+from detector.protocol import Message, Sink, StateStore
 from detector.score import Detector, Threshold
 from detector.stream import EntityState, StreamConfig, WindowRef, advance
 
 # What one successful attempt did, as (metric, labels) -> amount; reported once the batch succeeds
 # so retries don't inflate the counters.
 Outcome = Counter[tuple[str, tuple[tuple[str, str], ...]]]
+Offsets = dict[tuple[str, int], int]
 
 
 class StageFailed(Exception):
@@ -60,13 +66,30 @@ class Prepared:
     windows: list[WindowRef]
     rejects: list[Rejection]
     outcome: Outcome
+    carried: set[str] = field(default_factory=set)  # taken over from the previous batch
+    stale: set[str] = field(default_factory=set)  # another worker saved them: load, don't carry
+
+    def carry(self) -> dict[str, EntityState]:
+        """The states the next batch may take over instead of loading them."""
+        return {e: s for e, s in self.states.items() if e not in self.stale}
+
+
+def offsets_after(messages: Sequence[Message]) -> Offsets:
+    """The offset to commit per (topic, partition): one past the last message of the batch."""
+    out: Offsets = {}
+    for m in messages:
+        key = (m.topic, m.partition)
+        if m.offset + 1 > out.get(key, -1):
+            out[key] = m.offset + 1
+    return out
 
 
 def prepare(
     parsed: Sequence[ParsedReading | Rejection], store: StateStore, detector: Detector,
     threshold: Threshold, stream: StreamConfig, carry_missing: bool,
+    carried: Mapping[str, EntityState] | None = None,
 ) -> Prepared:
-    """Load each entity's state and advance its windows."""
+    """Load (or take over from ``carried``) each entity's state and advance its windows."""
     outcome: Outcome = Counter()
     rejects = [p for p in parsed if isinstance(p, Rejection)]
     by_entity: dict[str, list[ParsedReading]] = {}
@@ -75,7 +98,12 @@ def prepare(
             by_entity.setdefault(p.entity, []).append(p)
     stage = "load"
     try:
-        states = store.load(list(by_entity)) if by_entity else {}
+        carried = carried or {}
+        to_load = [e for e in by_entity if e not in carried]
+        states = store.load(to_load) if to_load else {}
+        for entity in by_entity:
+            if entity in carried:  # the previous batch still saves its own object
+                states[entity] = dataclasses.replace(carried[entity])
         stage = "window"
         windows: list[WindowRef] = []
         changed: list[EntityState] = []
@@ -94,7 +122,8 @@ def prepare(
                 changed.append(state)
     except Exception as exc:
         raise StageFailed(stage, exc) from exc
-    return Prepared(detector, threshold, states, changed, windows, rejects, outcome)
+    return Prepared(detector, threshold, states, changed, windows, rejects, outcome,
+                    carried={e for e in by_entity if e in carried})
 
 
 def score_batch(prepared: Prepared, max_batch: int, metrics: Metrics) -> list[Verdict]:
@@ -145,3 +174,11 @@ def finish(
     if lost:
         out["store_conflicts_total", ()] = len(lost)
     return out, lost
+
+
+def follow_versions(finished: Prepared, following: Prepared, lost: Sequence[str]) -> None:
+    """After ``finished`` saved, its successor's copies of the same entities take the new versions;
+    the ``lost`` ones (another worker had saved them) are not carried any further."""
+    for entity in following.carried:
+        following.states[entity].version = finished.states[entity].version
+    following.stale.update(e for e in lost if e in following.carried)

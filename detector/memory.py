@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from detector.protocol import Message
 from detector.stream import EntityState
@@ -77,8 +77,13 @@ class InMemorySource:
         self.position += len(batch)
         return batch
 
-    def commit(self) -> None:
-        self.committed = self.position
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        if offsets is None:
+            self.committed = self.position
+            return
+        for i, m in enumerate(self.messages[: self.position]):  # the furthest message covered
+            if m.offset < offsets.get((m.topic, m.partition), -1):
+                self.committed = max(self.committed, i + 1)
 
     def lag(self) -> int | None:
         return len(self.messages) - self.position

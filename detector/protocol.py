@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from detector.stream import EntityState
 
@@ -26,8 +26,9 @@ class Source(Protocol):
     def poll(self, max_records: int, timeout_ms: int) -> list[Message]:
         """Return up to ``max_records`` messages, waiting at most ``timeout_ms`` for the first."""
 
-    def commit(self) -> None:
-        """Commit the position after every message returned by ``poll`` so far."""
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        """Commit ``offsets`` ((topic, partition) -> next offset to read) or, without them, the
+        position after every message returned by ``poll`` so far."""
 
     def lag(self) -> int | None:
         """Messages behind the end of the assigned partitions, if known."""

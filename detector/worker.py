@@ -1,6 +1,6 @@
 """The streaming worker: readings in, per-entity windows in the state store, batched scores, alerts out.
 
-One batch (``run_once``; the stages live in ``detector/batch.py``): poll -> parse (rejects become dead letters) -> group by entity (arrival
+One batch (``run_once``): poll -> parse (rejects become dead letters) -> group by entity (arrival
 order kept) -> ``store.load`` -> fill missing channels -> ``advance`` each entity -> score ALL the
 batch's windows in one ``detector.score`` call -> alerts / score records -> ``sink.send`` ->
 ``sink.flush`` -> ``store.save`` (compare-and-set) -> ``source.commit``.
@@ -16,6 +16,14 @@ Why this order: the store is written only AFTER the producer flush and BEFORE th
 - Saving before the flush would be wrong: a crash between the two would skip the replayed readings
   as duplicates and their alerts would never be published.
 
+Pipelined (``pump``, what ``run`` uses unless ``pipeline`` is off): batch N scores on a background
+thread while N+1 is polled and prepared from copies of N's states; then N is published, flushed,
+saved and committed with its own offsets (``offsets_after``), never the position after N+1. The
+order per batch and the reasoning above hold for each batch; a stage failure redoes both batches
+from the store (see ``detector/batch.py``). The background thread mostly waits: the model it calls
+should score elsewhere (``detector.process.ProcessDetector``, as ``serve`` wires it), because a
+model scored on the thread itself needs the GIL the main thread holds while it parses.
+
 Faults: when loading, scoring, sending, flushing or saving raises, the worker turns not-ready, logs
 (type and message only, never connection settings), sleeps with exponential backoff and retries the
 WHOLE batch from the state load; the polled messages stay in memory and nothing is committed until
@@ -28,11 +36,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
 from detector.alert import ALERT_MODES, EPISODE, Verdict
-from detector.batch import Outcome, Prepared, Routing, StageFailed, finish, prepare, score_batch
+from detector.batch import (
+    Offsets, Outcome, Prepared, Routing, StageFailed, finish, follow_versions, offsets_after, prepare,
+    score_batch,
+)
 from detector.message import FieldNames, ParsedReading, Rejection, parse_reading
 from detector.metric import Metrics, NullMetrics
 from detector.protocol import Message, Sink, Source, StateStore
@@ -63,6 +75,7 @@ class WorkerConfig:
     backoff_max_s: float = 5.0
     lag_interval_s: float = 5.0
     live_timeout_s: float = 120.0
+    pipeline: bool = True  # ``run`` overlaps one batch's scoring with the next one's poll
 
     def __post_init__(self) -> None:
         if self.alert_mode not in ALERT_MODES:
@@ -78,6 +91,16 @@ class WorkerConfig:
 def describe(exc: BaseException) -> str:
     """Type and (truncated) message; tracebacks and connection settings stay out of the logs."""
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+@dataclass
+class _InFlight:
+    """A pipelined batch: prepared, scoring on the background thread, not yet published."""
+
+    prepared: Prepared
+    future: Future
+    parsed: list[ParsedReading | Rejection]
+    offsets: Offsets
 
 
 class Worker:
@@ -102,6 +125,8 @@ class Worker:
         self._abandoned = False  # a batch was given up on stop: never commit after it
         self._heartbeat = clock()
         self._lag_at = float("-inf")
+        self._pending: _InFlight | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def ready(self) -> bool:
@@ -118,15 +143,16 @@ class Worker:
         self._reload.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Loop over batches until ``stop`` is set, then flush, commit and close the source."""
+        """Loop over batches until ``stop`` is set, then finish, flush, commit and close the source."""
         self._stop, self._running = stop, True
         self._set_ready(self._ping())
+        step = self.pump if self.config.pipeline else self.run_once
         delay = self.config.backoff_initial_s
         try:
             while not stop.is_set():
                 self._heartbeat = self.clock()
                 try:
-                    self.run_once()
+                    step()
                     delay = self.config.backoff_initial_s
                 except Exception as exc:  # poll and the like: nothing is in flight, wait and go on
                     self._set_ready(False)
@@ -134,32 +160,109 @@ class Worker:
                     log.warning("poll failed (retrying in %.2fs): %s", delay, describe(exc))
                     stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_max_s)
+            self.drain()
             if not self._abandoned:
                 try:
                     self.sink.flush()
-                    self._commit()
+                    self._commit(None)
                 except Exception as exc:  # every batch was flushed already; this is a formality
                     log.warning("final flush failed: %s", describe(exc))
         finally:
             self._running = False
+            self.close()
             self.source.close()
 
     def run_once(self) -> int:
         """Process one poll batch end to end; return the number of messages consumed."""
+        self.drain()
         if self._abandoned:
             return 0
         self._maybe_reload()
         messages = self._poll(self.config.max_wait_ms)
         if not messages:
             return 0
-        self._process(self._parse(messages))
+        self._process(self._parse(messages), None)
         return len(messages)
+
+    def pump(self) -> int:
+        """One step of the pipelined loop; return the number of messages consumed.
+
+        Polls and prepares batch N+1 while batch N scores on a background thread (which waits
+        on the scoring process), starts N+1's scoring, then publishes, flushes, saves and commits
+        N (its own offsets, not N+1's) while N+1 scores. Any stage failure redoes both batches in order the
+        way ``run_once`` does, from the store. Only a batch of at least a quarter of
+        ``max_batch`` (a backlog) stays in flight; a smaller one means the worker has caught up,
+        and it is finished at once, so alerts come as fast as without the pipeline. While a batch
+        is in flight the poll does not wait: with nothing new there, it is finished at once too.
+        """
+        if self._abandoned:
+            return 0
+        if self._reload.is_set():
+            self.drain()
+            self._maybe_reload()
+        pending = self._pending
+        try:
+            messages = self._poll(0 if pending else self.config.max_wait_ms)
+        except Exception:
+            self.drain()
+            raise
+        if not messages:
+            self.drain()
+            return 0
+        parsed, offsets = self._parse(messages), offsets_after(messages)
+        executor = self._executor = self._executor or ThreadPoolExecutor(
+            1, thread_name_prefix="ganwatch-score")
+        try:
+            prepared = self._prepare(parsed, pending.prepared.carry() if pending else None)
+            verdicts = pending.future.result() if pending else []
+        except StageFailed as exc:
+            self._pending = None
+            self._redo([pending, (parsed, offsets)] if pending else [(parsed, offsets)], exc)
+            return len(messages)
+        future = executor.submit(score_batch, prepared, self.config.max_batch, self.metrics)
+        self._pending = _InFlight(prepared, future, parsed, offsets)
+        backlog = len(messages) >= max(1, self.config.max_batch // 4)
+        if pending is None:
+            if not backlog:  # caught up: latency over overlap
+                self.drain()
+            return len(messages)
+        try:
+            outcome, lost = self._finish(pending.prepared, verdicts)
+        except StageFailed as exc:  # the new batch stands on the failed one: redo both
+            self._pending = None
+            wait([future])
+            self._redo([pending, (parsed, offsets)], exc)
+            return len(messages)
+        follow_versions(pending.prepared, prepared, lost)
+        self._done(outcome, lost, pending.offsets)
+        if not backlog:
+            self.drain()
+        return len(messages)
+
+    def drain(self) -> None:
+        """Finish the batch still in flight (pipelined loop): publish, flush, save, commit."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            outcome, lost = self._finish(pending.prepared, pending.future.result())
+        except StageFailed as exc:
+            self._redo([pending], exc)
+            return
+        self._done(outcome, lost, pending.offsets)
+
+    def close(self) -> None:
+        """Stop the scoring thread (idempotent); ``run`` calls it on the way out."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def _poll(self, timeout_ms: int) -> list[Message]:
         messages = self.source.poll(self.config.max_batch, timeout_ms)
         self._report_lag()
-        if not messages:  # idle: the store ping keeps readiness honest between batches
-            self._set_ready(self._ping())
+        if not messages:
+            if self._pending is None:  # idle: the store ping keeps readiness honest
+                self._set_ready(self._ping())
             return messages
         self.metrics.observe("batch_size", len(messages))
         self.metrics.inc("readings_total", len(messages))
@@ -168,38 +271,54 @@ class Worker:
     def _parse(self, messages: list[Message]) -> list[ParsedReading | Rejection]:
         return [parse_reading(m, self.detector.channels, self.config.fields) for m in messages]
 
-    def _prepare(self, parsed: list[ParsedReading | Rejection]) -> Prepared:
+    def _prepare(self, parsed: list[ParsedReading | Rejection],
+                 carried: dict[str, EntityState] | None = None) -> Prepared:
         return prepare(parsed, self.store, self.detector, self.threshold, self.config.stream,
-                       self.config.missing_channel == CARRY)
+                       self.config.missing_channel == CARRY, carried)
 
     def _finish(self, prepared: Prepared, verdicts: list[Verdict]) -> tuple[Outcome, list[str]]:
         return finish(prepared, verdicts, self.sink, self.store, self._routing, self.clock,
                       self.metrics)
 
-    def _process(self, parsed: list[ParsedReading | Rejection]) -> bool:
+    def _process(self, parsed: list[ParsedReading | Rejection], offsets: Offsets | None,
+                 failed: StageFailed | None = None) -> bool:
         """Run one batch to the end, retrying the whole of it with backoff; False if abandoned."""
         delay = self.config.backoff_initial_s
         while True:
-            try:
-                prepared = self._prepare(parsed)
-                outcome, lost = self._finish(
-                    prepared, score_batch(prepared, self.config.max_batch, self.metrics))
-                break
-            except StageFailed as failed:
-                self._set_ready(False)
-                self.metrics.inc("retries_total", stage=failed.stage)
-                log.warning("batch of %d failed at %s, retrying whole batch in %.2fs: %s",
-                            len(parsed), failed.stage, delay, describe(failed.cause))
+            if failed is None:
+                try:
+                    prepared = self._prepare(parsed)
+                    outcome, lost = self._finish(
+                        prepared, score_batch(prepared, self.config.max_batch, self.metrics))
+                    break
+                except StageFailed as exc:
+                    failed = exc
+            self._set_ready(False)
+            self.metrics.inc("retries_total", stage=failed.stage)
+            log.warning("batch of %d failed at %s, retrying whole batch in %.2fs: %s",
+                        len(parsed), failed.stage, delay, describe(failed.cause))
+            failed = None
             self._heartbeat = self.clock()
             if self._stop.wait(delay):
                 self._abandoned = True
                 log.warning("stop requested; leaving %d messages uncommitted", len(parsed))
                 return False
             delay = min(delay * 2, self.config.backoff_max_s)
-        self._done(outcome, lost)
+        self._done(outcome, lost, offsets)
         return True
 
-    def _done(self, outcome: Outcome, lost: list[str]) -> None:
+    def _redo(self, batches: list, failed: StageFailed) -> None:
+        """After a pipelined failure: each batch (``_InFlight`` or (parsed, offsets)) in order,
+        from the store, the way ``run_once`` does it."""
+        for batch in batches:
+            if isinstance(batch, _InFlight):
+                wait([batch.future])
+                batch = (batch.parsed, batch.offsets)
+            if not self._process(*batch, failed=failed):
+                return
+            failed = None
+
+    def _done(self, outcome: Outcome, lost: list[str], offsets: Offsets | None) -> None:
         self._set_ready(True)
         for (name, labels), n in outcome.items():
             if n:
@@ -207,11 +326,14 @@ class Worker:
         if lost:
             log.warning("state of %d entities moved on in another worker, not saved: %s",
                         len(lost), ", ".join(lost[:10]))
-        self._commit()
+        self._commit(offsets)
 
-    def _commit(self) -> None:
+    def _commit(self, offsets: Offsets | None) -> None:
         try:
-            self.source.commit()
+            if offsets is None:
+                self.source.commit()
+            else:
+                self.source.commit(offsets)
         except Exception as exc:
             self.metrics.inc("commit_failures_total")
             log.warning("offset commit failed (the next owner replays the batch): %s", describe(exc))
@@ -222,14 +344,24 @@ class Worker:
         self._reload.clear()
         try:
             detector, threshold = self._loader()
-            self._check_model(detector, self.detector)
+            try:
+                self._check_model(detector, self.detector)
+            except Exception:
+                getattr(detector, "close", lambda: None)()  # a scoring process it started
+                raise
         except Exception as exc:
             self.metrics.inc("model_reloads_total", result="error")
             log.error("model reload failed, keeping %s: %s", self.detector.version, describe(exc))
             return
         log.info("model reloaded: %s -> %s", self.detector.version, detector.version)
-        self.detector, self.threshold = detector, threshold
+        old, self.detector, self.threshold = self.detector, detector, threshold
         self.metrics.inc("model_reloads_total", result="ok")
+        close = getattr(old, "close", None)  # a scoring process, say
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:
+                log.warning("closing the old model failed: %s", describe(exc))
 
     def _check_model(self, detector: Detector, current: Detector | None) -> None:
         if detector.window != self.config.stream.window:

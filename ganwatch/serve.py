@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from detector.artifact import load_artifact
 from detector.message import FieldNames
+from detector.process import ProcessDetector
 from detector.reload import watch_file
 from detector.score import Detector, Threshold
 from detector.stream import StreamConfig
@@ -75,6 +76,7 @@ class Running:
         if self.health is not None:
             _close("health server", self.health, "stop")
         _close("Redis client", self.store_client)
+        _close("scoring process", self.worker.detector)
         if self.torch_threads_before is not None:
             restore_torch_threads(self.torch_threads_before)
 
@@ -119,7 +121,11 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         else:
             artifact = load_artifact(model_dir, device=settings.device)
             log.info("loaded model %s", artifact.meta["model_version"])
-        return artifact.detector, artifact.threshold
+        if settings.pipeline == "off":
+            return artifact.detector, artifact.threshold
+        # pipelined: the model scores in its own process, so polling and parsing overlap it
+        return ProcessDetector(model_dir, artifact.detector, settings.device,
+                               settings.torch_threads), artifact.threshold
 
     channels, window = list(first.detector.channels), first.detector.window
     security = security_config(
@@ -160,7 +166,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         fields=FieldNames(settings.entity_field, settings.ts_field, settings.values_field),
         alerts_topic=settings.alerts_topic, dead_letter_topic=settings.dead_letter_topic,
         scores_topic=settings.scores_topic, max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
+        max_wait_ms=settings.max_wait_ms, pipeline=settings.pipeline == "on",
     )
     worker = Worker(source, sink, store, loader, config, metrics)
     health = None

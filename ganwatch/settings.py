@@ -95,6 +95,9 @@ class Settings(BaseModel):
     # stream and alert rules
     max_batch: int = Field(4096, ge=1, description="Most messages scored in one batch.")
     max_wait_ms: int = Field(100, ge=0, description="Longest wait for a batch to fill.")
+    pipeline: Literal["on", "off"] = Field(
+        "on", description="`on`: the model scores in a child process, one batch while the next is "
+        "polled and parsed; `off`: one batch at a time, scored in this process.")
     stride: int = Field(1, ge=1, description="Score every k-th reading of an entity.")
     alert_mode: Literal["episode", "window"] = Field(
         "episode", description="`episode`: start/end alerts; `window`: one alert per anomalous window.")

@@ -115,6 +115,23 @@ def test_commit_then_same_group_resumes(
     assert [(m.key, m.value) for m in rest] == sent[4:]
 
 
+def test_commit_of_explicit_offsets_leaves_later_polls_uncommitted(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], source_factory: Any, unique_name: Any
+) -> None:
+    """The pipelined worker has polled batch N+1 when it commits batch N: only N's offsets count."""
+    topic, group = topic_factory(), unique_name("g")
+    sent = produce(kafka_bootstrap, topic, 10)
+    first = source_factory(topic, group)
+    batch = consume(first, 4)
+    consume(first, 3)  # the next batch, polled but not done
+    first.commit({(topic, 0): batch[-1].offset + 1})
+    first.close()
+
+    second = source_factory(topic, group)
+    rest = consume(second, 6)
+    assert [(m.offset, m.key, m.value) for m in rest] == [(i, *sent[i]) for i in range(4, 10)]
+
+
 def test_lag_is_produced_minus_consumed(
     kafka_bootstrap: str, topic_factory: Callable[..., str], source_factory: Any, unique_name: Any
 ) -> None:

@@ -280,8 +280,13 @@ def test_replayed_faults_become_alerts_with_every_contract_field(rig, model_dir,
         assert start["channels"][0]["name"] == channel  # the faulty channel leads
 
 
-@pytest.mark.parametrize("stride", [1, 3])
-def test_published_scores_match_offline_scoring(rig, model_dir, data_csv, table, tmp_path, stride):
+@pytest.mark.parametrize("stride, max_batch, pipeline", [
+    (1, 50, "on"), (3, 50, "on"),
+    (1, 300, "on"),  # one batch of 293 windows: scored in the child process (ProcessDetector)
+    (1, 300, "off"),  # the same in the worker's own process
+])
+def test_published_scores_match_offline_scoring(rig, model_dir, data_csv, table, tmp_path, stride,
+                                                max_batch, pipeline):
     out = tmp_path / "offline.csv"
     assert cli.main(["score", "--model", str(model_dir), "--data", str(data_csv),
                      "--timestamp-column", "timestamp", "--stride", str(stride), "--out", str(out),
@@ -295,7 +300,8 @@ def test_published_scores_match_offline_scoring(rig, model_dir, data_csv, table,
     rig.publish(table)
     scores, alerts = rig.reader("scores"), rig.reader("alerts")
     serve = rig.start(model_dir, "--alert-mode", "window", "--scores-topic", rig.topics["scores"],
-                      "--stride", str(stride))
+                      "--stride", str(stride), "--max-batch", str(max_batch),
+                      "--pipeline", pipeline)
     wait_until(lambda: len(scores.poll()) >= len(want)
                and len(alerts.poll()) >= len(want_anomalous), "every score and alert", serve)
     got, got_alerts = scores.settle(), alerts.settle()

@@ -59,10 +59,21 @@ class Rig:
     worker: Worker
 
 
+LOOP = {"pipeline": True}
+
+
+@pytest.fixture(autouse=True, params=["pipelined", "one-at-a-time"])
+def loop_mode(request):
+    """Every test runs over both loops: ``pump`` (``run``'s default) and ``run_once``."""
+    LOOP["pipeline"] = request.param == "pipelined"
+    yield request.param
+    LOOP["pipeline"] = True
+
+
 def config(**overrides) -> WorkerConfig:
     stream = StreamConfig(W, overrides.pop("stride", 1), overrides.pop("max_gap_ms", None))
     defaults = dict(max_batch=7, max_wait_ms=0, backoff_initial_s=0.001, backoff_max_s=0.004,
-                    episode_end_windows=2, lag_interval_s=0)
+                    episode_end_windows=2, lag_interval_s=0, pipeline=LOOP["pipeline"])
     return WorkerConfig(stream=stream, **{**defaults, **overrides})
 
 
@@ -73,10 +84,16 @@ def rig(msgs: list[Message], loader=None, **overrides) -> Rig:
                Worker(source, sink, store, loader, config(**overrides), metrics, clock=lambda: NOW))
 
 
+def step(worker: Worker) -> int:
+    """One turn of the loop ``run`` would use."""
+    return worker.pump() if worker.config.pipeline else worker.run_once()
+
+
 def drain(worker: Worker) -> int:
     batches = 0
-    while worker.run_once():
+    while step(worker):
         batches += 1
+    worker.drain()
     return batches
 
 
@@ -248,11 +265,11 @@ def test_commit_failure_is_counted_not_fatal():
     r = rig(scenario()[:21])
     commit, failed = r.source.commit, []
 
-    def flaky_commit():
+    def flaky_commit(offsets=None):
         if not failed:
-            failed.append(r.source.position)
+            failed.append(r.source.position if offsets is None else offsets[("readings", 0)])
             raise RuntimeError("CommitFailedError: group rebalanced")
-        commit()
+        commit(offsets)
 
     r.source.commit = flaky_commit
     drain(r.worker)
@@ -308,7 +325,7 @@ class Tripped:
     def __getattr__(self, name: str):
         attr = getattr(self._inner, name)
         if name == "commit":
-            return lambda: (self._trip.hit("before_commit"), attr())[1]
+            return lambda *a: (self._trip.hit("before_commit"), attr(*a))[1]
         if name in self.AFTER:
             return lambda *a: (attr(*a), self._trip.hit(self.AFTER[name]))[0]
         return attr
@@ -323,8 +340,9 @@ def crash_run(stage: str, at: int, mode: str) -> tuple[Tripwire, InMemorySink, I
                     lambda: (Tripped(zscore(), trip), THRESHOLD), cfg, clock=lambda: NOW)
     per_batch = []
     try:
-        while worker.run_once():
+        while step(worker):
             per_batch.append(len(sink.records.get("ganwatch.alerts", [])))
+        worker.drain()
     except Crash:
         sink.pending.clear()  # the producer's buffer dies with the process
         source.position = source.committed
@@ -384,15 +402,23 @@ def test_transient_store_and_sink_failures_are_retried_with_nothing_committed_be
     sink = Flaky(InMemorySink(), ref, source, flush={9})
     commits = []
     commit = source.commit
-    source.commit = lambda: (commit(), commits.append(source.committed))
+    source.commit = lambda *a: (commit(*a), commits.append(source.committed))
     worker = Worker(source, sink, store, lambda: (zscore(), THRESHOLD), config(), metrics, clock=lambda: NOW)
     ref.append(worker)
     drain(worker)
     assert commits == list(range(7, 90, 7)) + [90]  # exactly once per batch, after it succeeded
-    # batch 3 failed twice at load, batch 5 at save (after its flush), batch 8 at flush (the 9th,
-    # counting batch 5's retry); each time nothing after the previous batch was committed
-    assert store.failures == [("load", 14, True), ("load", 14, False), ("save", 28, True)]
-    assert sink.failures == [("flush", 49, True)]
+    if worker.config.pipeline:
+        # from batch 2 on each batch takes its states over from the one before, so the 5th save
+        # (batch 5) fails first; batches 5 and 6 are redone from the store: batch 5's load is the
+        # 2nd and works, batch 6's fail twice; then batch 8 fails at flush (the 9th, with the
+        # retry). Each time nothing of the failing batch was committed.
+        assert store.failures == [("save", 28, True), ("load", 35, True), ("load", 35, False)]
+        assert sink.failures == [("flush", 49, True)]
+    else:
+        # batch 3 failed twice at load, batch 5 at save (after its flush), batch 8 at flush (the
+        # 9th, counting batch 5's retry); each time nothing after the previous batch was committed
+        assert store.failures == [("load", 14, True), ("load", 14, False), ("save", 28, True)]
+        assert sink.failures == [("flush", 49, True)]
     assert metrics.count("retries_total", stage="load") == 2
     assert metrics.count("retries_total", stage="save") == 1
     assert metrics.count("retries_total", stage="flush") == 1
@@ -406,21 +432,25 @@ def test_stop_during_retries_exits_without_commit():
     source = InMemorySource(scenario())
     source.close = lambda: closed.append(True)
     store = InMemoryStateStore(2)
-    load, loads = store.load, []
+    calls = {"load": 0, "save": 0}
 
-    def failing_load(entities):
-        loads.append(1)
-        if len(loads) > 1:  # the first batch works, then the store is gone for good
-            if len(loads) == 4:
-                stop.set()
-            raise ConnectionError("store down")
-        return load(entities)
+    def failing(name, method):
+        def call(arg):
+            calls[name] += 1
+            if calls[name] > 1:  # the first batch works, then the store is gone for good
+                if sum(calls.values()) == 5:
+                    stop.set()
+                raise ConnectionError("store down")
+            return method(arg)
+        return call
 
-    store.load = failing_load
+    store.load, store.save = failing("load", store.load), failing("save", store.save)
     worker = Worker(source, InMemorySink(), store, lambda: (zscore(), THRESHOLD), config(), clock=lambda: NOW)
     worker.run(stop)
-    assert source.committed == 7 and source.position == 14 and closed == [True]
-    assert not worker.ready and worker.run_once() == 0 and source.position == 14
+    # pipelined, batch 3 is polled (and takes batch 2's states over) before batch 2 saves
+    polled = 21 if worker.config.pipeline else 14
+    assert source.committed == 7 and source.position == polled and closed == [True]
+    assert not worker.ready and worker.run_once() == 0 and source.position == polled
 
 
 def test_a_scoring_failure_is_retried_not_fatal():

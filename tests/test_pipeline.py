@@ -1,0 +1,81 @@
+"""The pipelined loop (``Worker.pump``, what ``run`` uses): batch N scores on a background thread
+while N+1 is polled and prepared from N's in-memory states. The behaviour every loop shares is
+tested in ``test_worker.py`` over both loops; this is what only the pipeline does."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from detector.memory import InMemoryStateStore
+from tests.test_worker import THRESHOLD, SpyDetector, alerts, drain, rig, scenario, zscore
+
+
+class GatedDetector(SpyDetector):
+    """Scores only once ``ready()`` holds (or after 5 s); notes whether it held and the thread."""
+
+    def __init__(self, ready) -> None:
+        super().__init__(zscore())
+        self.ready, self.waited, self.threads = ready, [], []
+
+    def score(self, windows: np.ndarray):
+        deadline = threading.Event()
+        held = False
+        for _ in range(500):
+            if self.ready():
+                held = True
+                break
+            deadline.wait(0.01)
+        self.waited.append(held)
+        self.threads.append(threading.current_thread().name)
+        return super().score(windows)
+
+
+def test_the_next_batch_is_polled_while_the_previous_one_scores_off_the_main_thread():
+    # batches of 7; the first completes no window, so call k scores batch k + 2 and may only
+    # start once batch k + 3 has been polled (or everything has)
+    spy = GatedDetector(lambda: r.source.position >= 7 * (len(spy.waited) + 3)
+                        or r.source.position == len(r.source.messages))
+    r = rig(scenario(), loader=lambda: (spy, THRESHOLD), pipeline=True)
+    drain(r.worker)
+    r.worker.close()
+    assert all(spy.waited) and len(spy.waited) == 12
+    assert set(spy.threads) != {"MainThread"} and all(t.startswith("ganwatch-score") for t in spy.threads)
+    assert r.source.committed == 90 and len(alerts(r.sink)) == 4
+
+
+def test_a_batch_commits_and_saves_only_its_own_readings():
+    r = rig(scenario(), pipeline=True)
+    assert r.worker.pump() == 7 and r.source.committed == 0  # batch 1 scoring
+    assert r.worker.pump() == 7  # batch 2 polled and prepared, then batch 1 finished
+    assert r.source.position == 14 and r.source.committed == 7
+    stored = r.store.load(["e1", "e2", "e3"])
+    # batch 1 is t=0,1 of e1..e3 and t=2 of e1: the store has exactly that, not batch 2's readings
+    assert {e: s.last_ts_ms for e, s in stored.items()} == {
+        "e1": 1583748873000 + 2000, "e2": 1583748873000 + 1000, "e3": 1583748873000 + 1000}
+    assert all(len(s.ts) == (3 if e == "e1" else 2) for e, s in stored.items())
+    drain(r.worker)
+    r.worker.close()
+    assert r.source.committed == 90 and len(alerts(r.sink)) == 4
+
+
+def test_an_entity_another_worker_saved_is_loaded_again_not_carried():
+    r = rig(scenario(), pipeline=True)
+    store: InMemoryStateStore = r.store
+    loads: list[list[str]] = []
+    load = store.load
+    store.load = lambda entities: (loads.append(list(entities)), load(entities))[1]
+    r.worker.pump()
+    r.worker.pump()  # batch 1 saved
+    other = load(["e1"])["e1"]  # another worker (after a rebalance) writes e1
+    assert store.save([other]) == [True]
+    for _ in range(4):
+        r.worker.pump()
+    # batch 2 (carried from 1) and batch 3 (carried from 2 before 2's conflict was known) lose
+    # e1; batch 4 loads it again and saves
+    assert r.metrics.count("store_conflicts_total") == 2
+    assert loads == [["e1", "e2", "e3"], ["e1"]]
+    drain(r.worker)
+    r.worker.close()
+    assert r.metrics.count("store_conflicts_total") == 2 and r.source.committed == 90
