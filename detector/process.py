@@ -7,7 +7,7 @@ loop overlaps polling and parsing with scoring for real.
 
 The child (``python -m detector.process``) loads the same artifact directory (``load_artifact``:
 safetensors and JSON, strictly) and answers one request at a time over its stdin and stdout.
-Frames are a 4-byte length and a one-line JSON header; the windows, scores and contributions
+Frames are a 4-byte length and a JSON header; the windows, scores and contributions
 travel as float64 through a memory-mapped file both processes share (``_Shared``). Nothing else
 crosses the pipe (the child's own prints go to stderr). A child that dies is started again on
 the next call, which fails first (the worker retries the batch).
@@ -38,22 +38,14 @@ INLINE_BELOW = 256  # windows; smaller batches score in the parent (a few ms of 
 _SHARED_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory, not disk, where it can
 _CHILD_ENV = {"OMP_NUM_THREADS": "1"}  # torch_threads is applied explicitly; no OpenMP surprises
 
-def _pack(header: dict[str, Any], *arrays: np.ndarray) -> bytes:
-    body = b"".join(np.ascontiguousarray(a, dtype=np.float64).tobytes() for a in arrays)
-    return json.dumps(header).encode() + b"\n" + body
 
-
-def _unpack(message: bytes) -> tuple[dict[str, Any], bytes]:
-    head, _, body = message.partition(b"\n")
-    return json.loads(head), body
-
-
-def _send(out: IO[bytes], payload: bytes) -> None:
+def _send(out: IO[bytes], header: dict[str, Any]) -> None:
+    payload = json.dumps(header).encode()
     out.write(struct.pack("<I", len(payload)) + payload)
     out.flush()
 
 
-def _recv(inp: IO[bytes]) -> bytes:
+def _recv(inp: IO[bytes]) -> dict[str, Any]:
     def exactly(n: int) -> bytes:
         chunks, left = [], n
         while left:
@@ -65,7 +57,7 @@ def _recv(inp: IO[bytes]) -> bytes:
         return b"".join(chunks)
 
     (size,) = struct.unpack("<I", exactly(4))
-    return exactly(size)
+    return json.loads(exactly(size))
 
 
 def main(argv: list[str]) -> int:
@@ -87,14 +79,14 @@ def main(argv: list[str]) -> int:
         detector = load_artifact(model_dir, device=device).detector
         gc.collect()
         gc.freeze()
-        _send(out, _pack({"ok": True, "version": detector.version}))
+        _send(out, {"ok": True, "version": detector.version})
     except Exception as exc:
-        _send(out, _pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}))
+        _send(out, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
         return 1
     c, shared = len(detector.channels), _Shared()
     while True:
         try:
-            header, _ = _unpack(_recv(inp))
+            header = _recv(inp)
         except (EOFError, OSError):
             return 0
         if header.get("op") != "score":
@@ -108,9 +100,9 @@ def main(argv: list[str]) -> int:
             buf[out_at : out_at + n] = result.scores
             buf[out_at + n : out_at + n * (1 + c)] = np.asarray(result.contributions).ravel()
             del windows, buf, result  # no views of the map outlive the request
-            reply = _pack({"ok": True})
+            reply = {"ok": True}
         except Exception as exc:
-            reply = _pack({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
         _send(out, reply)
 
 
@@ -179,9 +171,9 @@ class ProcessDetector:
             at = n * self.window * c
             buf[:at] = windows.ravel()
             try:
-                _send(self._proc.stdin, _pack({"op": "score", "n": n, "path": self._shared.path,
-                                               "size": self._shared.size}))
-                header, _ = _unpack(_recv(self._proc.stdout))
+                _send(self._proc.stdin, {"op": "score", "n": n, "path": self._shared.path,
+                                         "size": self._shared.size})
+                header = _recv(self._proc.stdout)
             except (EOFError, OSError, ValueError) as exc:
                 self._stop()  # started again on the next call
                 raise RuntimeError(f"scoring process died: {type(exc).__name__}: {exc}") from None
@@ -219,7 +211,7 @@ class ProcessDetector:
         )
         assert proc.stdin and proc.stdout
         try:
-            header, _ = _unpack(_recv(proc.stdout))  # blocks until the model is loaded
+            header = _recv(proc.stdout)  # blocks until the model is loaded
         except (EOFError, OSError, ValueError) as exc:
             _end(proc)
             raise RuntimeError(f"scoring process failed to start: {exc}") from None
