@@ -19,6 +19,7 @@ import json
 import logging
 import mmap
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -188,7 +189,10 @@ class ProcessDetector:
         if self._shared.path:
             os.unlink(self._shared.path)
         size = need * 3 // 2
-        fd, path = tempfile.mkstemp(prefix="ganwatch-scorer-", dir=_SHARED_DIR)
+        where = _SHARED_DIR
+        if where and shutil.disk_usage(where).free < 2 * size * 8:  # a small /dev/shm (containers
+            where = None  # get 64 MB) would SIGBUS when full: the page-cached temp dir instead
+        fd, path = tempfile.mkstemp(prefix="ganwatch-scorer-", dir=where)
         with os.fdopen(fd, "r+b") as f:
             f.truncate(size * 8)
         self._shared.attach(path, size)

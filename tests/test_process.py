@@ -71,3 +71,20 @@ def test_close_stops_the_child_and_removes_the_shared_file(scorer):
     made.close()
     made.close()  # idempotent
     assert proc.poll() is not None and not os.path.exists(path)
+
+
+def test_a_full_dev_shm_falls_back_to_the_temp_dir(scorer, monkeypatch, tmp_path):
+    import collections
+    import tempfile
+
+    import detector.process as process
+
+    made, inline = scorer
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(process, "_SHARED_DIR", str(shm))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(process.shutil, "disk_usage", lambda path: usage(1 << 20, 1 << 20, 0))
+    made.score(np.zeros((20, inline.window, len(inline.channels))))
+    assert not list(shm.iterdir())
+    assert os.path.dirname(made._shared.path) == tempfile.gettempdir()
