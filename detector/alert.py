@@ -59,7 +59,19 @@ def judge(
     """Score every window together (in chunks of ``chunk``) and judge each against ``threshold``."""
     if not windows:
         return []
-    stacked = np.stack([w.values for w in windows])
+    scores, contributions = score_stacked(detector, stack(windows), chunk, metrics)
+    return verdicts(windows, threshold, scores, contributions)
+
+
+def stack(windows: Sequence[WindowRef]) -> np.ndarray:
+    """The windows' values as one (n, window, channels) array, what ``score_stacked`` takes."""
+    return np.stack([w.values for w in windows])
+
+
+def score_stacked(
+    detector: Detector, stacked: np.ndarray, chunk: int, metrics: Metrics,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (n,) and contributions (n, channels) of stacked windows, ``chunk`` per call."""
     scores, contributions = [], []
     for i in range(0, len(stacked), chunk):
         part = stacked[i : i + chunk]
@@ -70,11 +82,20 @@ def judge(
             raise ValueError(f"detector returned {np.shape(result.scores)} scores for {len(part)}")
         scores.append(np.asarray(result.scores, dtype=np.float64))
         contributions.append(np.asarray(result.contributions, dtype=np.float64))
-    all_scores = np.concatenate(scores)
-    flags = threshold.is_anomaly(all_scores)
+    if not scores:
+        return np.empty(0), np.empty((0, 0))
+    return np.concatenate(scores), np.concatenate(contributions)
+
+
+def verdicts(
+    windows: Sequence[WindowRef], threshold: Threshold, scores: np.ndarray,
+    contributions: np.ndarray,
+) -> list[Verdict]:
+    """One ``Verdict`` per window from its score and contributions."""
+    flags = threshold.is_anomaly(scores) if len(scores) else []
     return [
         Verdict(w.entity, w.ts_ms, w.start_ms, float(s), bool(a), c)
-        for w, s, a, c in zip(windows, all_scores, flags, np.concatenate(contributions))
+        for w, s, a, c in zip(windows, scores, flags, contributions)
     ]
 
 

@@ -2,11 +2,13 @@
 
 - ``prepare``: group by entity (arrival order kept) -> ``store.load`` -> fill missing channels ->
   ``advance`` each entity. Stages ``load`` and ``window``.
-- ``score_batch``: score ALL the batch's windows in one ``detector.score`` call (chunked at
-  ``max_batch``) and judge them. Stage ``score``. It touches nothing but the windows, so the worker
-  may run it on a background thread while it polls and prepares the next batch.
-- ``finish``: alerts / score records / dead letters -> ``sink.send`` -> ``sink.flush`` ->
-  ``store.save`` (compare-and-set). Stages ``send``, ``flush`` and ``save``.
+- ``score_batch``: score ALL the batch's windows (stacked by ``prepare``) in one
+  ``detector.score`` call, chunked at ``max_batch``. Stage ``score``. It touches nothing but the
+  stacked windows, so the worker may run it on a background thread while it polls and prepares
+  the next batch.
+- ``finish``: judge against the threshold -> alerts / score records / dead letters ->
+  ``sink.send`` -> ``sink.flush`` -> ``store.save`` (compare-and-set). Stages ``send``,
+  ``flush`` and ``save``.
 
 A failing stage raises ``StageFailed`` naming it; the worker retries the whole batch from the load.
 ``prepare`` can take its states from the previous, still unfinished batch (``carried``): it copies
@@ -23,7 +25,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from detector.alert import AlertContext, Verdict, encode, judge, make_alerts, score_record
+from detector.alert import (
+    AlertContext, encode, make_alerts, score_record, score_stacked, stack, verdicts,
+)
 from detector.message import ParsedReading, Rejection, dead_letter, fill_missing
 from detector.metric import Metrics
 from detector.protocol import Message, Sink, StateStore
@@ -64,6 +68,7 @@ class Prepared:
     states: dict[str, EntityState]
     changed: list[EntityState]  # states with accepted readings: the ones to save
     windows: list[WindowRef]
+    stacked: np.ndarray  # the windows' values, (n, window, channels): what the scorer gets
     rejects: list[Rejection]
     outcome: Outcome
     carried: set[str] = field(default_factory=set)  # taken over from the previous batch
@@ -122,26 +127,32 @@ def prepare(
                 changed.append(state)
     except Exception as exc:
         raise StageFailed(stage, exc) from exc
-    return Prepared(detector, threshold, states, changed, windows, rejects, outcome,
+    stacked = stack(windows) if windows else np.empty((0, 0, 0))  # here: overlapped when pipelined
+    return Prepared(detector, threshold, states, changed, windows, stacked, rejects, outcome,
                     carried={e for e in by_entity if e in carried})
 
 
-def score_batch(prepared: Prepared, max_batch: int, metrics: Metrics) -> list[Verdict]:
-    """Score and judge every window of the batch; safe to run on another thread."""
+Scored = tuple[np.ndarray, np.ndarray]  # scores (n,), contributions (n, channels)
+
+
+def score_batch(prepared: Prepared, max_batch: int, metrics: Metrics) -> Scored:
+    """Score every window of the batch; safe to run on another thread. Only the scoring happens
+    here: the pipelined worker's next batch waits for it to return."""
     try:
-        return judge(prepared.detector, prepared.threshold, prepared.windows, max_batch, metrics)
+        return score_stacked(prepared.detector, prepared.stacked, max_batch, metrics)
     except Exception as exc:
         raise StageFailed("score", exc) from exc
 
 
 def finish(
-    prepared: Prepared, verdicts: Sequence[Verdict], sink: Sink, store: StateStore,
+    prepared: Prepared, scored: Scored, sink: Sink, store: StateStore,
     routing: Routing, now: Callable[[], float], metrics: Metrics,
 ) -> tuple[Outcome, list[str]]:
-    """Publish, flush, then save (compare-and-set); return what the batch did and the entities
-    whose state had moved on in another worker (not saved)."""
+    """Judge, publish, flush, then save (compare-and-set); return what the batch did and the
+    entities whose state had moved on in another worker (not saved)."""
+    judged = verdicts(prepared.windows, prepared.threshold, *scored)
     out = Counter(prepared.outcome)
-    out["windows_scored_total", ()] = len(verdicts)
+    out["windows_scored_total", ()] = len(judged)
     detector = prepared.detector
     ctx = AlertContext(detector.channels, prepared.threshold.value, detector.version,
                        int(now() * 1000))
@@ -152,7 +163,7 @@ def finish(
             sink.send(routing.dead_letter_topic, key, value)
             out["dead_letters_total", (("reason", rejection.reason),)] += 1
         alert_ts: list[int] = []
-        for v in verdicts:
+        for v in judged:
             key = v.entity.encode("utf-8")
             for alert in make_alerts(v, prepared.states[v.entity].episode, routing.alert_mode,
                                      routing.episode_end_windows, ctx):

@@ -40,10 +40,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from detector.alert import ALERT_MODES, EPISODE, Verdict
+from detector.alert import ALERT_MODES, EPISODE
 from detector.batch import (
-    Offsets, Outcome, Prepared, Routing, StageFailed, finish, follow_versions, offsets_after, prepare,
-    score_batch,
+    Offsets, Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
+    prepare, score_batch,
 )
 from detector.message import FieldNames, ParsedReading, Rejection, parse_reading
 from detector.metric import Metrics, NullMetrics
@@ -214,7 +214,7 @@ class Worker:
             1, thread_name_prefix="ganwatch-score")
         try:
             prepared = self._prepare(parsed, pending.prepared.carry() if pending else None)
-            verdicts = pending.future.result() if pending else []
+            scored = pending.future.result() if pending else None
         except StageFailed as exc:
             self._pending = None
             self._redo([pending, (parsed, offsets)] if pending else [(parsed, offsets)], exc)
@@ -227,7 +227,7 @@ class Worker:
                 self.drain()
             return len(messages)
         try:
-            outcome, lost = self._finish(pending.prepared, verdicts)
+            outcome, lost = self._finish(pending.prepared, scored)
         except StageFailed as exc:  # the new batch stands on the failed one: redo both
             self._pending = None
             wait([future])
@@ -276,8 +276,8 @@ class Worker:
         return prepare(parsed, self.store, self.detector, self.threshold, self.config.stream,
                        self.config.missing_channel == CARRY, carried)
 
-    def _finish(self, prepared: Prepared, verdicts: list[Verdict]) -> tuple[Outcome, list[str]]:
-        return finish(prepared, verdicts, self.sink, self.store, self._routing, self.clock,
+    def _finish(self, prepared: Prepared, scored: Scored) -> tuple[Outcome, list[str]]:
+        return finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
                       self.metrics)
 
     def _process(self, parsed: list[ParsedReading | Rejection], offsets: Offsets | None,
