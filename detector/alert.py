@@ -53,16 +53,6 @@ class AlertContext:
     now_ms: int
 
 
-def judge(
-    detector: Detector, threshold: Threshold, windows: Sequence[WindowRef], chunk: int, metrics: Metrics,
-) -> list[Verdict]:
-    """Score every window together (in chunks of ``chunk``) and judge each against ``threshold``."""
-    if not windows:
-        return []
-    scores, contributions = score_stacked(detector, stack(windows), chunk, metrics)
-    return verdicts(windows, threshold, scores, contributions)
-
-
 def stack(windows: Sequence[WindowRef]) -> np.ndarray:
     """The windows' values as one (n, window, channels) array, what ``score_stacked`` takes."""
     return np.stack([w.values for w in windows])

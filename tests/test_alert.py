@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from detector.alert import (
-    AlertContext, Verdict, alert_id, encode, judge, make_alerts, ranked_channels, score_record,
+    AlertContext, Verdict, alert_id, encode, make_alerts, ranked_channels, score_record,
+    score_stacked, stack, verdicts,
 )
 from detector.metric import InMemoryMetrics
 from detector.score import Threshold, ZScoreDetector
@@ -89,24 +90,26 @@ def windows(n: int) -> list[WindowRef]:
     return [WindowRef(f"e{i}", i, T0 + i, T0, np.full((4, 2), float(i))) for i in range(n)]
 
 
-def test_judge_scores_all_windows_in_chunks():
+def test_windows_are_scored_in_chunks_and_judged():
     det = ZScoreDetector(["a", "b"], 4, mean=[0, 0], std=[1, 1])
     calls = []
     original = det.score
     det.score = lambda w: calls.append(len(w)) or original(w)
     metrics = InMemoryMetrics()
-    out = judge(det, Threshold(4.0), windows(5), chunk=2, metrics=metrics)
+    ws = windows(5)
+    out = verdicts(ws, Threshold(4.0), *score_stacked(det, stack(ws), chunk=2, metrics=metrics))
     assert calls == [2, 2, 1]
     assert [v.score for v in out] == [0, 1, 4, 9, 16]
     assert [v.is_anomaly for v in out] == [False, False, True, True, True]
     assert [v.entity for v in out] == ["e0", "e1", "e2", "e3", "e4"]
     assert len(metrics.observations["scoring_seconds"]) == 3
-    assert judge(det, Threshold(1.0), [], 2, metrics) == []
+    empty = score_stacked(det, np.empty((0, 4, 2)), 2, metrics)
+    assert verdicts([], Threshold(1.0), *empty) == [] and calls == [2, 2, 1]
 
 
-def test_judge_refuses_a_detector_that_returns_the_wrong_number_of_scores():
+def test_scoring_refuses_a_detector_that_returns_the_wrong_number_of_scores():
     det = ZScoreDetector(["a", "b"], 4, mean=[0, 0], std=[1, 1])
     original = det.score
     det.score = lambda w: type(original(w))(np.zeros(1), np.zeros((1, 2)))
     with pytest.raises(ValueError):
-        judge(det, Threshold(1.0), windows(3), 10, InMemoryMetrics())
+        score_stacked(det, stack(windows(3)), 10, InMemoryMetrics())
