@@ -144,7 +144,9 @@ class ProcessDetector:
 
     def __init__(self, model_dir: str | Path, inline: Any, device: str = "cpu",
                  torch_threads: int = 1, inline_below: int = INLINE_BELOW) -> None:
-        self.model_dir, self.device, self.torch_threads = str(model_dir), device, torch_threads
+        # absolute: the child runs from the package's root, not from this process's directory
+        self.model_dir = str(Path(model_dir).resolve())
+        self.device, self.torch_threads = device, torch_threads
         self.inline, self.inline_below = inline, inline_below
         self.channels, self.window = list(inline.channels), inline.window
         self.version = inline.version
@@ -221,7 +223,8 @@ class ProcessDetector:
             raise RuntimeError(f"scoring process failed to start: {exc}") from None
         if not header.get("ok") or header.get("version") != self.version:
             _end(proc)
-            why = header.get("error") or f"it loaded model {header.get('version')}, not {self.version}"
+            why = (header.get("error")
+                   or f"it loaded model {header.get('version')}, not {self.version}")
             raise RuntimeError(f"scoring process failed to start: {why}")
         self._proc = proc
         log.info("scoring process %d serves model %s", proc.pid, self.version)
@@ -230,8 +233,6 @@ class ProcessDetector:
         proc, self._proc = self._proc, None
         if proc is not None:
             _end(proc)
-
-
 
 
 def _end(proc: subprocess.Popen[bytes]) -> None:

@@ -143,7 +143,7 @@ class Worker:
         self._reload.set()
 
     def run(self, stop: threading.Event) -> None:
-        """Loop over batches until ``stop`` is set, then finish, flush, commit and close the source."""
+        """Loop over batches until ``stop`` is set; then finish, flush, commit, close the source."""
         self._stop, self._running = stop, True
         self._set_ready(self._ping())
         step = self.pump if self.config.pipeline else self.run_once
@@ -189,8 +189,8 @@ class Worker:
 
         Polls and prepares batch N+1 while batch N scores on a background thread (which waits
         on the scoring process), starts N+1's scoring, then publishes, flushes, saves and commits
-        N (its own offsets, not N+1's) while N+1 scores. Any stage failure redoes both batches in order the
-        way ``run_once`` does, from the store. Only a batch of at least a quarter of
+        N (its own offsets, not N+1's) while N+1 scores. Any stage failure redoes both batches in
+        order the way ``run_once`` does, from the store. Only a batch of at least a quarter of
         ``max_batch`` (a backlog) stays in flight; a smaller one means the worker has caught up,
         and it is finished at once, so alerts come as fast as without the pipeline. While a batch
         is in flight the poll does not wait: with nothing new there, it is finished at once too.

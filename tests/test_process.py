@@ -88,3 +88,16 @@ def test_a_full_dev_shm_falls_back_to_the_temp_dir(scorer, monkeypatch, tmp_path
     made.score(np.zeros((20, inline.window, len(inline.channels))))
     assert not list(shm.iterdir())
     assert os.path.dirname(made._shared.path) == tempfile.gettempdir()
+
+
+def test_a_relative_model_directory_is_the_callers(trained, monkeypatch):  # noqa: F811
+    out, _, _ = trained
+    inline = load_artifact(out, device="cpu").detector
+    monkeypatch.chdir(out.parent)
+    made = ProcessDetector(out.name, inline, "cpu", 1, inline_below=1)
+    try:
+        assert made.model_dir == str(out.resolve())
+        w = np.zeros((2, inline.window, len(inline.channels)))
+        np.testing.assert_array_equal(made.score(w).scores, inline.score(w).scores)
+    finally:
+        made.close()
