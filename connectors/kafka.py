@@ -240,6 +240,8 @@ class KafkaSink:
     def flush(self) -> None:
         """Wait for every queued record; raise ``DeliveryFailed`` if any was not acknowledged."""
         futures, self._futures = self._futures, []
+        if not futures:  # nothing queued since the last flush: no round trip to the IO thread
+            return
         try:
             self._producer.flush(timeout=self.flush_timeout_s)
         except KafkaError as exc:

@@ -31,7 +31,7 @@ ANOMALY, ANOMALY_START, ANOMALY_END = "anomaly", "anomaly_start", "anomaly_end"
 ALERT_NAMESPACE = uuid.UUID("6f1c2a8e-3b5d-5e47-9a0c-1d2e3f405162")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per scored window, and frozen ones build slowly
 class Verdict:
     """One scored window of one entity."""
 

@@ -1,7 +1,8 @@
 """``LstmGanDetector``: scales windows, reconstructs them, and turns errors into one score.
 
-score = z(log reconstruction error) + critic_weight * |z(critic output)| + flat term, where each
-z(.) uses a centre and spread frozen at training time (``ScoreNormaliser``), never statistics of the
+score = z(log reconstruction error) + critic_weight * |z(critic output)| + flat term, where the
+error is the mean over channels of each channel's error relative to its typical held-back error,
+and each z(.) uses a centre and spread frozen at training time (``ScoreNormaliser``), never statistics of the
 batch being scored, so a window scores the same alone or in any batch. The error is compared on a
 log scale because faults multiply it; the critic counts in either direction, as TadGAN's critic
 score does. The flat term catches stuck sensors, which a reconstruction model that cannot rebuild
@@ -37,6 +38,13 @@ class ScoreNormaliser:
     flat_scale: tuple[float, ...] = ()  # per channel: robust spread of that log variation
     flat_weight: float = 1.0
     flat_margin: float = float(np.log(10.0))  # only variation under a tenth of the floor counts
+    # per channel: median error on held-back windows; errors count relative to it (empty: as is)
+    channel_scale: tuple[float, ...] = ()
+
+    def relative(self, rec: np.ndarray) -> np.ndarray:
+        """Per-channel errors (B, C) in units of each channel's typical held-back error, so a
+        channel the model rebuilds closely weighs as much as one it never rebuilds well."""
+        return rec / np.asarray(self.channel_scale) if self.channel_scale else rec
 
     def flat_terms(self, variation: np.ndarray) -> np.ndarray:
         """Per window and channel (B, C): spreads below the training floor, never negative."""
@@ -61,6 +69,7 @@ class ScoreNormaliser:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["flat_floor"], out["flat_scale"] = list(self.flat_floor), list(self.flat_scale)
+        out["channel_scale"] = list(self.channel_scale)
         return out
 
     @classmethod
@@ -68,8 +77,11 @@ class ScoreNormaliser:
         data = dict(data)
         floor = tuple(float(v) for v in data.pop("flat_floor", ()))
         scale = tuple(float(v) for v in data.pop("flat_scale", ()))
-        out = cls(**{k: float(v) for k, v in data.items()}, flat_floor=floor, flat_scale=scale)
-        if out.rec_scale <= 0 or out.critic_scale <= 0 or any(v <= 0 for v in scale):
+        channel = tuple(float(v) for v in data.pop("channel_scale", ()))  # older artifacts: none
+        out = cls(**{k: float(v) for k, v in data.items()}, flat_floor=floor, flat_scale=scale,
+                  channel_scale=channel)
+        if (not out.rec_scale > 0 or not out.critic_scale > 0
+                or not all(v > 0 and np.isfinite(v) for v in scale + channel)):
             raise ValueError("score normaliser scales must be positive")
         if len(floor) != len(scale):
             raise ValueError("flat_floor and flat_scale must have one value per channel")
@@ -159,6 +171,9 @@ class LstmGanDetector:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.networks.to(self.device)
         self.chunk = chunk or (CPU_CHUNK if self.device.type == "cpu" else GPU_CHUNK)
+        for name in ("flat_floor", "channel_scale"):
+            if len(getattr(normaliser, name)) not in (0, len(self.channels)):
+                raise ValueError(f"score normaliser {name} needs one value per channel")
 
     def prepare(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return prepare_windows(self.scaler, windows, self.slow, self.center_inputs, self.level)
@@ -202,6 +217,7 @@ class LstmGanDetector:
     def _score(self, windows: np.ndarray) -> ScoreBatch:
         inputs, targets = self.prepare(windows)
         rec, critic = self._forward(inputs, targets)
+        rec = self.normaliser.relative(rec)
         flat = None
         if self.normaliser.flat_floor:  # inputs differ from scaled windows by per-window offsets only
             flat = self.normaliser.flat_terms(variation(inputs))

@@ -8,7 +8,7 @@ from typing import Mapping, Protocol, Sequence
 from detector.stream import EntityState
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: building a frozen one costs 0.35 us more per record
 class Message:
     """One consumed record, as a Source hands it to the worker."""
 

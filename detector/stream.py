@@ -54,7 +54,7 @@ class EntityState:
             self.values = np.empty((0, self.n_channels), dtype=np.float64)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per scored window, and frozen ones build slowly
 class WindowRef:
     """A complete window, ready to score: ``values`` are raw readings, oldest first."""
 

@@ -45,7 +45,8 @@ from detector.batch import (
     Offsets, Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
     prepare, score_batch,
 )
-from detector.message import FieldNames, ParsedReading, Rejection, parse_reading
+from detector.decoder import ReadingDecoder
+from detector.message import FieldNames, ParsedReading, Rejection
 from detector.metric import Metrics, NullMetrics
 from detector.protocol import Message, Sink, Source, StateStore
 from detector.score import Detector, Threshold
@@ -76,6 +77,7 @@ class WorkerConfig:
     lag_interval_s: float = 5.0
     live_timeout_s: float = 120.0
     pipeline: bool = True  # ``run`` overlaps one batch's scoring with the next one's poll
+    fast_decode: bool | None = None  # msgspec when installed (None), required, or never
 
     def __post_init__(self) -> None:
         if self.alert_mode not in ALERT_MODES:
@@ -116,6 +118,8 @@ class Worker:
         self._loader = model_loader
         self.detector, self.threshold = model_loader()
         self._check_model(self.detector, None)
+        # a reload keeps the channels (``_check_model``), so one decoder serves every model
+        self._decoder = ReadingDecoder(self.detector.channels, config.fields, config.fast_decode)
         self._routing = Routing(config.alerts_topic, config.dead_letter_topic, config.scores_topic,
                                 config.alert_mode, config.episode_end_windows)
         self._reload = threading.Event()
@@ -269,7 +273,7 @@ class Worker:
         return messages
 
     def _parse(self, messages: list[Message]) -> list[ParsedReading | Rejection]:
-        return [parse_reading(m, self.detector.channels, self.config.fields) for m in messages]
+        return self._decoder.decode(messages)
 
     def _prepare(self, parsed: list[ParsedReading | Rejection],
                  carried: dict[str, EntityState] | None = None) -> Prepared:

@@ -1,6 +1,7 @@
 """Detector conformance (River's checks): shapes, determinism, batch invariance, artifact round trip
 and strict refusal of bad artifacts; scaler and calibration basics."""
 
+import dataclasses
 import json
 import shutil
 
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from detector.artifact import ArtifactError, load_artifact, save_artifact
-from detector.model import ScoreNormaliser, error
+from detector.model import LstmGanDetector, ScoreNormaliser, error
 from detector.scaler import StandardScaler
 from training.trainer import TrainConfig, slow_channels, train
 
@@ -124,6 +125,37 @@ def test_normaliser_round_trips_and_reads_artifacts_without_a_flat_term(trained)
     assert old.flat_floor == () and not old.flat_terms(np.full((2, 3), -9.0)).any()
     with pytest.raises(ValueError, match="positive"):
         ScoreNormaliser.from_dict({**n.to_dict(), "flat_scale": [0.0] * len(CHANNELS)})
+
+
+def test_channel_errors_count_relative_to_their_held_back_median(trained):
+    """Calibration stores each channel's median held-back error; the score divides by it, so the
+    held-back windows' mean relative error is about one per channel and no channel dominates."""
+    out, result, config = trained
+    n = result.normaliser
+    detector = load_artifact(out, device="cpu").detector
+    assert len(n.channel_scale) == len(CHANNELS) and min(n.channel_scale) > 0
+    rec, _ = detector.components(windows_of(normal_data(400, seed=0)[1][300:], config.window))
+    rel = n.relative(rec)
+    np.testing.assert_allclose(rel, rec / np.asarray(n.channel_scale))
+    np.testing.assert_allclose(np.median(rel, axis=0), 1.0, rtol=0.1)  # about the same windows
+    # without the scale (an artifact from before it existed) the raw errors count
+    plain = ScoreNormaliser.from_dict({k: v for k, v in n.to_dict().items() if k != "channel_scale"})
+    assert plain.channel_scale == () and plain.relative(rec) is rec
+    with pytest.raises(ValueError, match="positive"):
+        ScoreNormaliser.from_dict({**n.to_dict(), "channel_scale": [0.0] * len(CHANNELS)})
+
+
+def test_a_scale_per_channel_or_none_at_all(trained):
+    _, result, _ = trained
+    wrong = dataclasses.replace(result.normaliser, channel_scale=(1.0,))
+    with pytest.raises(ValueError, match="one value per channel"):
+        LstmGanDetector(result.networks, result.scaler, wrong, CHANNELS, "v", device="cpu")
+
+
+def test_channel_norm_off_scores_raw_errors():
+    ts, values = normal_data(200)
+    config = TrainConfig(window=8, epochs=1, hidden=8, latent=4, channel_norm=False)
+    assert train(ts, values, CHANNELS, config).normaliser.channel_scale == ()
 
 
 def test_error_weighs_sustained_offsets_by_the_window_length():

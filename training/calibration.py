@@ -1,7 +1,8 @@
 """Calibration fitted once at training time and stored with the model.
 
-Rule (documented in the README): on the held-back normal windows, the log reconstruction error
-(mean square plus ``bias_weight`` times the sustained-offset part, see ``detector.model.error``)
+Rule (documented in the README): on the held-back normal windows, each channel's median
+reconstruction error (mean square plus ``bias_weight`` times the sustained-offset part, see
+``detector.model.error``) becomes its unit (``channel_norm``); the log of the mean relative error
 and the critic output are each centred on their median and divided by their robust spread
 (IQR / 1.349, the standard deviation for Gaussian data). The score is the log-error term plus
 ``critic_weight`` times the absolute critic term, plus a stuck-sensor term: per channel, how many
@@ -40,9 +41,12 @@ def calibrate(
 ) -> tuple[ScoreNormaliser, Threshold, np.ndarray, np.ndarray]:
     """Return normaliser, threshold, and the scores of the fitting and held-back windows."""
     rec, critic = detector.components(calib_windows)
+    kwargs: dict = {"bias_weight": detector.normaliser.bias_weight}
+    if config.channel_norm:
+        kwargs["channel_scale"] = tuple(float(max(v, 1e-12)) for v in np.median(rec, axis=0))
+        rec = rec / np.asarray(kwargs["channel_scale"])
     log_rec = np.log(np.maximum(rec.mean(axis=1), 1e-12))
-    kwargs = {"rec_center": float(np.median(log_rec)), "rec_scale": robust_spread(log_rec),
-              "bias_weight": detector.normaliser.bias_weight}
+    kwargs.update(rec_center=float(np.median(log_rec)), rec_scale=robust_spread(log_rec))
     if critic is not None:
         kwargs.update(
             critic_center=float(np.median(critic)), critic_scale=robust_spread(critic),

@@ -44,11 +44,12 @@ class TrainConfig:
     gp_weight: float = 10.0
     rec_weight: float = 10.0
     adv_weight: float = 1.0
-    critic_weight: float = 0.5  # weight of the critic term in the score, after normalisation
+    critic_weight: float = 0.25  # weight of the critic term in the score, after normalisation
+    channel_norm: bool = True  # each channel's error relative to its median held-back error
     flat_weight: float = 1.0  # weight of the stuck-sensor term (0 turns it off)
     bias_weight: float = 0.5  # weight of sustained offsets in the error (detector.model.error)
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
-    threshold_margin: float = 2.0  # threshold = max held-back score + margin * their spread
+    threshold_margin: float = 4.5  # threshold = max held-back score + margin * their spread
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
     level_r2: float = 0.9  # slow channels the others predict this well keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
