@@ -186,6 +186,23 @@ def test_sink_reports_records_it_cannot_send(
 
 
 @pytest.mark.integration
+def test_flush_with_nothing_queued_skips_the_producer(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """A batch without alerts or dead letters flushes nothing: no wait on the producer's IO."""
+    sink = KafkaSink(kafka_bootstrap)
+    calls = []
+    real = sink._producer.flush
+    sink._producer.flush = lambda timeout=None: calls.append(timeout) or real(timeout=timeout)
+    sink.flush()
+    assert calls == []
+    sink.send(topic_factory(), b"k", b"v")
+    sink.flush()
+    assert len(calls) == 1
+    sink.close()
+
+
+@pytest.mark.integration
 def test_flush_raises_when_the_broker_is_gone() -> None:
     with EmbeddedKafka() as broker:  # private: this test kills it
         topic = "outage"
