@@ -64,6 +64,7 @@ T0_MS = 1_700_000_000_000
 DEADLINE_S = 120.0  # any single phase; a hung broker must not hang the benchmark
 SERVE_TORCH_THREADS: int = Settings.model_fields["torch_threads"].default
 SERVE_MAX_BATCH: int = Settings.model_fields["max_batch"].default
+SERVE_FETCH_BYTES: int = Settings.model_fields["max_partition_fetch_bytes"].default
 
 
 def reading(entity: str, ts_ms: int, row: np.ndarray) -> bytes:
@@ -91,6 +92,7 @@ def raw_consume_rate(bootstrap: str, topic: str, n: int, max_records: int) -> di
     """kafka-python alone, no group (assign + seek to the beginning), ``max_records`` per poll."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                              fetch_max_wait_ms=CONSUMER["fetch_max_wait_ms"],
+                             max_partition_fetch_bytes=SERVE_FETCH_BYTES,
                              max_poll_records=max_records)
     try:
         tp = TopicPartition(topic, 0)
@@ -141,6 +143,7 @@ class TimedSource:
         # one partition from offset 0: the committed offsets count the records done
         done = self.consumed if offsets is None else sum(offsets.values())
         if done >= self.n and self.last is None:
+            self.source.settle()  # an asynchronous last commit counts once the broker has it
             self.last = time.perf_counter()
             self.done.set()
 
@@ -184,7 +187,8 @@ class Rig:
         group = f"bench-{uuid.uuid4().hex}"
         source = TimedSource(lambda on_assigned: KafkaSource(
             [topic], group, self.kafka.bootstrap, max_poll_records=self.max_batch,
-            on_assigned=on_assigned, **CONSUMER,
+            on_assigned=on_assigned, async_commit=pipeline, **CONSUMER,  # as serve sets them
+            max_partition_fetch_bytes=SERVE_FETCH_BYTES,
         ), n)
         sink = KafkaSink(self.kafka.bootstrap)
         store = RedisStateStore(self.client, N_CHANNELS, prefix="bench",
@@ -364,7 +368,7 @@ def measure(rig: Rig, topic: str, readings: int, stride_one_readings: int, raw_r
     return out
 
 
-def run(readings: int = 40_000, entities: int = 50, stride_one_readings: int = 40_000,
+def run(readings: int = 100_000, entities: int = 50, stride_one_readings: int = 100_000,
         max_batch: int = SERVE_MAX_BATCH, latency_rate: float = 200.0, latency_seconds: float = 10.0,
         latency_entities: int = 10, device: str = "auto", torch_threads: int = SERVE_TORCH_THREADS,
         compare_default_threads: bool = True, quick: bool = False) -> dict:

@@ -8,6 +8,7 @@ flushed: delivery is at-least-once. Errors the worker must react to come out as 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -111,14 +112,19 @@ class KafkaSource:
         auto_offset_reset: str = "earliest",
         on_revoked: Callable[[Partitions], None] | None = None,
         on_assigned: Callable[[Partitions], None] | None = None,
+        async_commit: bool = False,
+        commit_timeout_s: float = 30.0,
         **extra: Any,
     ) -> None:
-        """``on_revoked`` runs inside ``poll`` before partitions go (flush and commit there)."""
+        """``on_revoked`` runs inside ``poll`` before partitions go (flush and commit there).
+        ``async_commit``: see ``commit``."""
         if not topics:
             raise ValueError("KafkaSource needs at least one topic")
         self.topics = list(topics)
         self.group_id = group_id
         self.closed = False
+        self.async_commit, self.commit_timeout_s = async_commit, commit_timeout_s
+        self._inflight: tuple[Any, threading.Event] | None = None
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
@@ -143,14 +149,49 @@ class KafkaSource:
         return out
 
     def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
-        """Commit (synchronously) ``offsets`` or else the position after all ``poll`` returned;
-        raise ``CommitFailed``."""
+        """Commit ``offsets``, or else the position after all ``poll`` returned; raise
+        ``CommitFailed``.
+
+        Synchronous, except explicit ``offsets`` with ``async_commit``: those are sent without
+        waiting for the broker's answer, and the next commit (or ``close``) first waits for it, so
+        at most one commit is ever in flight and commits land in order. A crash then replays at
+        most the batch whose commit was in flight, as a crash between flush and a synchronous
+        commit would. A failed asynchronous commit is raised by the next call (whose offsets,
+        later ones, cover it) so that it is counted.
+        """
+        previous = self._settle()
         explicit = None if offsets is None else {
             TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
-            self._consumer.commit(explicit)
+            if explicit is not None and self.async_commit:
+                done = threading.Event()
+                future = self._consumer.commit_async(explicit)
+                future.add_both(lambda _: done.set())
+                self._inflight = (future, done)
+            else:
+                self._consumer.commit(explicit)
+                previous = None  # this commit covers the earlier one
         except KafkaError as exc:
             raise CommitFailed(f"offset commit for group {self.group_id!r} failed: {exc}") from exc
+        if previous is not None:
+            raise CommitFailed(f"offset commit for group {self.group_id!r} failed (a later one "
+                               f"is on its way): {previous}")
+
+    def settle(self) -> None:
+        """Wait for the commit in flight (``async_commit``); raise ``CommitFailed`` if it failed."""
+        failed = self._settle()
+        if failed is not None:
+            raise CommitFailed(f"offset commit for group {self.group_id!r} failed: {failed}")
+
+    def _settle(self) -> str | None:
+        """Wait for the commit in flight, if any; why it failed, or None."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return None
+        future, done = inflight
+        if not done.wait(self.commit_timeout_s):
+            return f"no answer within {self.commit_timeout_s:g} s"
+        return f"{future.exception}" if future.failed() else None
 
     def lag(self) -> int | None:
         """Records behind the highwater over all assigned partitions; None until every one is known."""
@@ -183,6 +224,9 @@ class KafkaSource:
         if self.closed:
             return
         self.closed = True
+        failed = self._settle()  # let the last commit land before leaving the group
+        if failed is not None:
+            log.warning("the last offset commit failed (the next owner replays it): %s", failed)
         self._consumer.close(autocommit=False)
 
 

@@ -81,12 +81,8 @@ class Prepared:
 
 def offsets_after(messages: Sequence[Message]) -> Offsets:
     """The offset to commit per (topic, partition): one past the last message of the batch."""
-    out: Offsets = {}
-    for m in messages:
-        key = (m.topic, m.partition)
-        if m.offset + 1 > out.get(key, -1):
-            out[key] = m.offset + 1
-    return out
+    # a poll returns each partition's records in offset order (``Source.poll``): the last wins
+    return {(m.topic, m.partition): m.offset + 1 for m in messages}
 
 
 def prepare(
@@ -119,7 +115,8 @@ def prepare(
             if not kept:
                 continue
             ts = np.array([r.ts_ms for r in kept], dtype=np.int64)
-            refs, stats = advance(state, ts, np.stack([r.values for r in kept]), stream)
+            rows = np.array([r.values for r in kept], dtype=np.float64)  # tuples or arrays
+            refs, stats = advance(state, ts, rows, stream)
             outcome["duplicates_total", ()] += stats.duplicates
             outcome["gaps_total", ()] += stats.gaps
             windows.extend(refs)

@@ -18,8 +18,6 @@ import math
 from operator import attrgetter
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from detector.message import (MAX_ENTITY, MAX_TS_MS, FieldNames, ParsedReading, Rejection,
                               parse_reading, parse_ts, resolve_entity)
 from detector.protocol import Message
@@ -79,7 +77,7 @@ class ReadingDecoder:
                 if not (type(ts) is int and 0 <= ts <= MAX_TS_MS):
                     ts = parse_ts(ts)
                 if math.isfinite(sum(row)):  # NaN or inf anywhere (or an overflowing sum) says no
-                    out.append(ParsedReading(entity, ts, np.array(row, dtype=np.float64), (), m))
+                    out.append(ParsedReading(entity, ts, row, (), m))  # prepare stacks the rows
                     continue
             except Exception:  # msgspec refused it, or a rule did: the stdlib path says why
                 pass

@@ -42,11 +42,12 @@ class FieldNames:
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 0.4 us more per record
 class ParsedReading:
-    """A valid reading: ``values`` follow the model's channel order, NaN where ``missing``."""
+    """A valid reading: ``values`` follow the model's channel order, NaN where ``missing``; a
+    tuple of floats from the fast decoder (``prepare`` stacks a batch's rows in one go)."""
 
     entity: str
     ts_ms: int
-    values: np.ndarray  # (n_channels,) float64
+    values: np.ndarray | tuple[float, ...]  # (n_channels,) float64
     missing: tuple[int, ...]  # indices of channels the record did not carry
     message: Message
 
@@ -142,7 +143,7 @@ def fill_missing(
             values[list(r.missing)] = np.nan_to_num(carried)  # a skipped duplicate's values don't matter
             r = ParsedReading(r.entity, r.ts_ms, values, (), r.message)
         if not duplicate:
-            last, last_ts = r.values, r.ts_ms
+            last, last_ts = np.asarray(r.values, dtype=np.float64), r.ts_ms
         kept.append(r)
     return kept, dropped
 

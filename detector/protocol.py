@@ -24,7 +24,8 @@ class Source(Protocol):
     """Where readings come from (Kafka in production)."""
 
     def poll(self, max_records: int, timeout_ms: int) -> list[Message]:
-        """Return up to ``max_records`` messages, waiting at most ``timeout_ms`` for the first."""
+        """Return up to ``max_records`` messages, waiting at most ``timeout_ms`` for the first;
+        each partition's messages in offset order, as Kafka delivers them."""
 
     def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
         """Commit ``offsets`` ((topic, partition) -> next offset to read) or, without them, the

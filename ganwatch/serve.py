@@ -142,6 +142,8 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
             max_poll_records=settings.max_batch, session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+            async_commit=settings.pipeline,  # the pipelined loop's commits overlap the next batch
         )
         undo.callback(_close, "Kafka consumer", source)
         sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression)

@@ -82,6 +82,9 @@ class Settings(BaseModel):
     session_timeout_ms: int = Field(10000, ge=1, description="Consumer group session timeout.")
     heartbeat_interval_ms: int = Field(3000, ge=1, description="Consumer heartbeat interval.")
     fetch_max_wait_ms: int = Field(500, ge=0, description="Longest a fetch waits on the broker.")
+    max_partition_fetch_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Most bytes a fetch returns per partition; 4 MiB "
+        "holds a full `max_batch` of readings of up to 500 bytes.")
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "none", description="Compression of produced alerts (snappy/lz4/zstd need the `fast` extra).")
     # Redis
@@ -93,7 +96,7 @@ class Settings(BaseModel):
                              description="Entity state expires after this many idle seconds (7 days).")
     state_prefix: str = Field("ganwatch", min_length=1, description="Prefix of the Redis keys.")
     # stream and alert rules
-    max_batch: int = Field(4096, ge=1, description="Most messages scored in one batch.")
+    max_batch: int = Field(8192, ge=1, description="Most messages scored in one batch.")
     max_wait_ms: int = Field(100, ge=0, description="Longest wait for a batch to fill.")
     pipeline: Literal["on", "off"] = Field(
         "on", description="`on`: the model scores in a child process, one batch while the next is "

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError
+from kafka.future import Future
 
 from connectors.kafka import (
     CommitFailed,
@@ -98,16 +99,17 @@ def test_close_delivers_what_is_queued_and_a_second_close_does_nothing(
     assert again == [] and sink.closed and source.closed
 
 
-@pytest.mark.parametrize("explicit", [False, True])
+@pytest.mark.parametrize("explicit, async_commit", [(False, False), (True, False), (True, True)])
 def test_commit_then_same_group_resumes(
     kafka_bootstrap: str, topic_factory: Callable[..., str], source_factory: Any, unique_name: Any,
-    explicit: bool,
+    explicit: bool, async_commit: bool,
 ) -> None:
     """Without offsets a commit covers every poll so far; with them only those offsets (the
-    pipelined worker has polled batch N+1 when it commits batch N)."""
+    pipelined worker has polled batch N+1 when it commits batch N). An asynchronous commit has
+    landed once ``close`` returns."""
     topic, group = topic_factory(), unique_name("g")
     sent = produce(kafka_bootstrap, topic, 10)
-    first = source_factory(topic, group)
+    first = source_factory(topic, group, async_commit=async_commit)
     batch = consume(first, 4)
     assert [m.offset for m in batch] == [0, 1, 2, 3]
     if explicit:
@@ -235,6 +237,41 @@ def test_commit_failure_becomes_commit_failed(
     with pytest.raises(CommitFailed) as info:
         source.commit()
     assert isinstance(info.value.__cause__, CommitFailedError)
+
+
+@pytest.mark.integration
+def test_async_commits_land_in_order_and_a_failure_is_reported_by_the_next(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], source_factory: Any,
+    unique_name: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    topic, group = topic_factory(), unique_name("g")
+    produce(kafka_bootstrap, topic, 10)
+    source = source_factory(topic, group, async_commit=True)
+    consume(source, 10)
+    source.commit({(topic, 0): 3})
+    source.commit({(topic, 0): 6})  # waits for the first, sends the second
+    source.settle()
+    tp = TopicPartition(topic, 0)
+    assert source._consumer.committed(tp) == 6
+
+    real = source._consumer.commit_async
+
+    def refused(offsets: Any) -> Any:
+        future = real(offsets)
+        failed = Future()
+        future.add_both(lambda _: failed.failure(CommitFailedError("group rebalanced")))
+        return failed
+
+    monkeypatch.setattr(source._consumer, "commit_async", refused)
+    source.commit({(topic, 0): 8})  # sent; its failure is known only later
+    monkeypatch.setattr(source._consumer, "commit_async", real)
+    with pytest.raises(CommitFailed, match="a later one is on its way.*group rebalanced"):
+        source.commit({(topic, 0): 9})  # the later commit still goes out
+    source.settle()
+    assert source._consumer.committed(tp) == 9
+    source.commit({(topic, 0): 10})
+    source.commit()  # a synchronous commit settles the one in flight first, and covers it
+    assert source._consumer.committed(tp) == 10
 
 
 # ---- security_config (no broker needed) ----

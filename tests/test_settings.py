@@ -44,7 +44,8 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def test_defaults():
     s = load()
-    assert (s.group_id, s.device, s.max_batch, s.max_wait_ms, s.stride) == ("ganwatch", "auto", 4096, 100, 1)
+    assert (s.group_id, s.device, s.max_batch, s.max_wait_ms, s.stride) == ("ganwatch", "auto", 8192, 100, 1)
+    assert s.max_partition_fetch_bytes == 4 * 1024 * 1024  # a full max_batch of 500-byte readings
     assert (s.alert_mode, s.episode_end_windows, s.missing_channel) == ("episode", 5, "carry")
     assert s.max_gap_s == DEFAULT_MAX_GAP_S
     assert (s.entity_field, s.ts_field, s.values_field) == ("entity", "ts", "values")
