@@ -92,11 +92,17 @@ def prepare(
 ) -> Prepared:
     """Load (or take over from ``carried``) each entity's state and advance its windows."""
     outcome: Outcome = Counter()
-    rejects = [p for p in parsed if isinstance(p, Rejection)]
+    rejects: list[Rejection] = []
     by_entity: dict[str, list[ParsedReading]] = {}
     for p in parsed:
-        if isinstance(p, ParsedReading):
-            by_entity.setdefault(p.entity, []).append(p)
+        if type(p) is ParsedReading:
+            group = by_entity.get(p.entity)
+            if group is None:
+                by_entity[p.entity] = [p]
+            else:
+                group.append(p)
+        else:
+            rejects.append(p)
     stage = "load"
     try:
         carried = carried or {}

@@ -82,28 +82,22 @@ def advance(
     stats = AdvanceStats()
 
     ring_n = len(state.ts)
-    keep = np.zeros(len(ts_ms), dtype=bool)
-    seg_start = 0  # position in the combined buffer where the current unbroken segment begins
-    pos = ring_n
     last, count = state.last_ts_ms, state.count
-    emits: list[tuple[int, int]] = []  # (batch index, end position in combined buffer)
-    for i, t in enumerate(ts_ms.tolist()):
-        if last is not None and t <= last:
-            stats.duplicates += 1
-            continue
-        if last is not None and max_gap is not None and t - last > max_gap:
-            stats.gaps += 1
-            seg_start, count = pos, 0
-        keep[i] = True
-        pos += 1
-        count += 1
-        last = t
-        if count >= w and (count - w) % stride == 0:
-            emits.append((i, pos))
-    stats.accepted = int(keep.sum())
-
-    all_ts = np.concatenate([state.ts, ts_ms[keep]])
-    all_values = np.concatenate([state.values, values[keep]])
+    if _in_order(ts_ms, last, max_gap):  # the usual case, without a loop over readings
+        n = len(ts_ms)
+        counts = np.arange(count + 1, count + n + 1)
+        done = np.flatnonzero((counts >= w) & ((counts - w) % stride == 0))
+        emits = list(zip(done.tolist(), (done + ring_n + 1).tolist()))
+        seg_start, pos = 0, ring_n + n
+        all_ts, all_values = np.concatenate([state.ts, ts_ms]), np.concatenate([state.values, values])
+        stats.accepted = n
+        if n:
+            last, count = int(ts_ms[-1]), count + n
+    else:
+        keep, emits, seg_start, pos, last, count = _walk(ts_ms, last, count, ring_n, config, stats)
+        stats.accepted = int(keep.sum())
+        all_ts = np.concatenate([state.ts, ts_ms[keep]])
+        all_values = np.concatenate([state.values, values[keep]])
     windows = [
         WindowRef(
             entity=state.entity,
@@ -119,3 +113,40 @@ def advance(
     state.values = all_values[tail:pos].copy()
     state.last_ts_ms, state.count = last, count
     return windows, stats
+
+
+def _in_order(ts_ms: np.ndarray, last: int | None, max_gap: int | None) -> bool:
+    """No duplicate, nothing out of order and no gap: every reading is accepted in turn."""
+    if not len(ts_ms):
+        return True
+    steps = np.diff(ts_ms) if last is None else np.diff(ts_ms, prepend=last)
+    if len(steps) and steps.min() <= 0:
+        return False
+    return max_gap is None or not len(steps) or steps.max() <= max_gap
+
+
+def _walk(
+    ts_ms: np.ndarray, last: int | None, count: int, ring_n: int, config: StreamConfig,
+    stats: AdvanceStats,
+) -> tuple[np.ndarray, list[tuple[int, int]], int, int, int | None, int]:
+    """The rules reading by reading: (keep mask, emits, segment start, end position, last ts,
+    count). Emits are (batch index, end position in the combined buffer)."""
+    w, stride, max_gap = config.window, config.stride, config.max_gap_ms
+    keep = np.zeros(len(ts_ms), dtype=bool)
+    seg_start = 0  # position in the combined buffer where the current unbroken segment begins
+    pos = ring_n
+    emits: list[tuple[int, int]] = []
+    for i, t in enumerate(ts_ms.tolist()):
+        if last is not None and t <= last:
+            stats.duplicates += 1
+            continue
+        if last is not None and max_gap is not None and t - last > max_gap:
+            stats.gaps += 1
+            seg_start, count = pos, 0
+        keep[i] = True
+        pos += 1
+        count += 1
+        last = t
+        if count >= w and (count - w) % stride == 0:
+            emits.append((i, pos))
+    return keep, emits, seg_start, pos, last, count
