@@ -13,16 +13,14 @@ Figures (all from the same broker, Redis and default-shaped model):
 - ``one_batch_at_a_time``: the worker figures and latency again with ``pipeline`` off (each batch
   polled, scored and committed before the next is polled), run interleaved with the pipelined
   ones; ``pipeline_speedup_*`` are pipelined / one-at-a-time.
-- ``latency``: readings replayed at a fixed rate, stamped with the wall clock when sent; the worker
-  alerts per window (``--alert-mode window``) with a threshold that about half the windows exceed;
-  latency = ``detected_at`` - reading timestamp, p50 and p99 (``flushed_*``: up to the producer
-  flush that delivered the alert, from the worker's ``event_to_alert_seconds`` histogram).
+- ``latency``: event-to-alert latency at a fixed input rate (``bench.latency``).
 
 Torch runs with the thread count ``ganwatch serve`` uses (its ``torch_threads`` setting, applied by
 the same ``ganwatch.runtime.apply_torch_threads``), the garbage collector tuned as serve tunes it
-(``ganwatch.runtime.tune_gc``), and the worker with serve's ``max_batch`` and ``max_wait_ms``
-defaults, so the figures are the ones serve would see. The raw consumer and pure
-scoring use the same batch size.
+(``ganwatch.runtime.tune_gc``), and the worker with serve's ``max_batch``, ``max_wait_ms`` and
+``max_partition_fetch_bytes`` defaults and its asynchronous commits, so the figures are the ones
+serve would see (``bench.rig``). The raw consumer uses the same batch and fetch sizes, and pure
+scoring the same batch size.
 
 Throughput runs use a threshold no window reaches (no alerts), so they measure the loop and the
 model rather than the alerts topic. The consumer timings are the tests' fast ones (tansu holds a
@@ -31,46 +29,23 @@ group join for about session_timeout/2); the join is outside every measured inte
 
 from __future__ import annotations
 
-import json
-import tempfile
-import threading
 import time
 import uuid
-from datetime import datetime
-from typing import Callable
 
 import numpy as np
 import torch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from bench.latency import latency
+from bench.rig import (CONSUMER, DEADLINE_S, MAX_WAIT_MS, SERVE_FETCH_BYTES, SERVE_MAX_BATCH,
+                       SERVE_TORCH_THREADS, T0_MS, Rig, reading, run_worker,
+                       stop_worker)
 from bench.scoring import N_CHANNELS, default_detector, rate
 from connectors.embedded import EmbeddedKafka, EmbeddedRedis
-from connectors.kafka import KafkaSink, KafkaSource, create_topics
-from connectors.redis_store import RedisStateStore, redis_client_from_url
-from detector.artifact import load_artifact, save_artifact
-from detector.metric import InMemoryMetrics
-from detector.model import LstmGanDetector, resolve_device
-from detector.process import ProcessDetector
-from detector.protocol import Message
+from connectors.kafka import create_topics
+from detector.model import resolve_device
 from detector.score import Threshold
-from detector.stream import StreamConfig
-from detector.worker import Worker, WorkerConfig
 from ganwatch.runtime import SERVE_GC_THRESHOLDS, apply_torch_threads, restore_gc, tune_gc
-from ganwatch.settings import Settings
-
-CONSUMER = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "fetch_max_wait_ms": 100}
-MAX_WAIT_MS: int = Settings.model_fields["max_wait_ms"].default  # serve's poll wait
-T0_MS = 1_700_000_000_000
-DEADLINE_S = 120.0  # any single phase; a hung broker must not hang the benchmark
-SERVE_TORCH_THREADS: int = Settings.model_fields["torch_threads"].default
-SERVE_MAX_BATCH: int = Settings.model_fields["max_batch"].default
-SERVE_FETCH_BYTES: int = Settings.model_fields["max_partition_fetch_bytes"].default
-
-
-def reading(entity: str, ts_ms: int, row: np.ndarray) -> bytes:
-    values = {f"c{j}": round(float(v), 4) for j, v in enumerate(row)}
-    return json.dumps({"entity": entity, "ts": ts_ms, "values": values},
-                      separators=(",", ":")).encode()
 
 
 def produce_readings(bootstrap: str, topic: str, n: int, entities: int, seed: int = 0) -> None:
@@ -116,114 +91,6 @@ def raw_consume_rate(bootstrap: str, topic: str, n: int, max_records: int) -> di
             "messages_per_second": round(got / (last - first), 1)}
 
 
-class TimedSource:
-    """Wraps a ``Source``: hands out exactly ``n`` records; notes the first poll that returned
-    records and the commit of the ``n``-th."""
-
-    def __init__(self, make_source: Callable[[Callable[..., None]], KafkaSource], n: int) -> None:
-        self.n = n
-        self.consumed, self.first, self.last = 0, None, None
-        self.done, self.assigned = threading.Event(), threading.Event()
-        self.source = make_source(lambda parts: self.assigned.set())
-
-    def poll(self, max_records: int, timeout_ms: int) -> list[Message]:
-        left = self.n - self.consumed
-        if left <= 0:
-            time.sleep(timeout_ms / 1000)
-            return []
-        started = time.perf_counter()
-        out = self.source.poll(min(max_records, left), timeout_ms)
-        if out and self.first is None:
-            self.first = started
-        self.consumed += len(out)
-        return out
-
-    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
-        self.source.commit(offsets)
-        # one partition from offset 0: the committed offsets count the records done
-        done = self.consumed if offsets is None else sum(offsets.values())
-        if done >= self.n and self.last is None:
-            self.source.settle()  # an asynchronous last commit counts once the broker has it
-            self.last = time.perf_counter()
-            self.done.set()
-
-    def lag(self) -> int | None:
-        return self.source.lag()
-
-    def close(self) -> None:
-        self.source.close()
-
-
-class Rig:
-    """Builds workers on the embedded servers, each with its own group and Redis namespace."""
-
-    def __init__(self, kafka: EmbeddedKafka, redis_server: EmbeddedRedis,
-                 detector: LstmGanDetector, max_batch: int) -> None:
-        self.kafka, self.detector, self.max_batch = kafka, detector, max_batch
-        self.client = redis_client_from_url(redis_server.url)
-        self._tmp = tempfile.TemporaryDirectory(prefix="ganwatch-bench-")
-        self._processes: dict[int, ProcessDetector] = {}
-
-    def process_detector(self) -> ProcessDetector:
-        """The same model in a scoring process with torch's current thread count, as serve's
-        pipelined loop runs it."""
-        threads = torch.get_num_threads()
-        if threads not in self._processes:
-            d = self.detector
-            extra = {"slow_channels": [c for c, s in zip(d.channels, d.slow) if s]
-                     if d.slow is not None else [], "center_inputs": d.center_inputs}
-            if d.level is not None:
-                extra["level_model"] = d.level.to_dict()
-            meta = save_artifact(self._tmp.name, d.networks, d.scaler, d.normaliser,
-                                 Threshold(0.0), d.channels, extra=extra)
-            inline = load_artifact(self._tmp.name, device=str(d.device)).detector
-            assert inline.version == meta["model_version"]
-            self._processes[threads] = ProcessDetector(self._tmp.name, inline, str(d.device),
-                                                       threads)
-        return self._processes[threads]
-
-    def worker(self, topic: str, n: int, stride: int, threshold: Threshold,
-               alerts_topic: str, pipeline: bool = True) -> tuple[Worker, TimedSource, KafkaSink]:
-        group = f"bench-{uuid.uuid4().hex}"
-        source = TimedSource(lambda on_assigned: KafkaSource(
-            [topic], group, self.kafka.bootstrap, max_poll_records=self.max_batch,
-            on_assigned=on_assigned, async_commit=pipeline, **CONSUMER,  # as serve sets them
-            max_partition_fetch_bytes=SERVE_FETCH_BYTES,
-        ), n)
-        sink = KafkaSink(self.kafka.bootstrap)
-        store = RedisStateStore(self.client, N_CHANNELS, prefix="bench",
-                                namespace=uuid.uuid4().hex, ttl_s=3600)
-        config = WorkerConfig(
-            StreamConfig(self.detector.window, stride), alert_mode="window",
-            alerts_topic=alerts_topic, dead_letter_topic=alerts_topic + "-dead",
-            max_batch=self.max_batch, max_wait_ms=MAX_WAIT_MS, lag_interval_s=3600,
-            pipeline=pipeline,
-        )
-        detector = self.process_detector() if pipeline else self.detector
-        worker = Worker(source, sink, store, lambda: (detector, threshold), config,
-                        InMemoryMetrics())
-        return worker, source, sink
-
-    def close(self) -> None:
-        self.client.close()
-        for process in self._processes.values():
-            process.close()
-        self._tmp.cleanup()
-
-
-def run_worker(worker: Worker) -> tuple[threading.Thread, threading.Event]:
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), name="bench-worker", daemon=True)
-    thread.start()
-    return thread, stop
-
-
-def stop_worker(thread: threading.Thread, stop: threading.Event, sink: KafkaSink) -> None:
-    stop.set()
-    thread.join(DEADLINE_S)
-    sink.close()
-
-
 def worker_rate(rig: Rig, topic: str, n: int, stride: int, pipeline: bool = True) -> dict:
     worker, source, sink = rig.worker(topic, n, stride, Threshold(float("inf")), f"{topic}-alerts",
                                       pipeline)
@@ -240,91 +107,6 @@ def worker_rate(rig: Rig, topic: str, n: int, stride: int, pipeline: bool = True
         "readings_per_second": round(n / seconds, 1),
         "windows_scored": int(metrics.count("windows_scored_total")),
         "windows_per_second": round(metrics.count("windows_scored_total") / seconds, 1),
-    }
-
-
-def median_threshold(detector: LstmGanDetector, seed: int = 1) -> Threshold:
-    """A threshold about half of random windows reach, so alerts are frequent."""
-    windows = np.random.default_rng(seed).normal(size=(512, detector.window, N_CHANNELS))
-    return Threshold(float(np.median(detector.score(windows).scores)), "bench: median")
-
-
-def paced_replay(bootstrap: str, topic: str, rate_per_s: float, seconds: float,
-                 entities: int) -> int:
-    """Send readings at ``rate_per_s`` (round-robin over entities), each stamped when sent."""
-    rng = np.random.default_rng(2)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
-    last = [0] * entities
-    sent, started = 0, time.monotonic()
-    try:
-        while (elapsed := time.monotonic() - started) < seconds:
-            due = int(elapsed * rate_per_s) + 1
-            while sent < due:
-                k = sent % entities
-                ts = max(int(time.time() * 1000), last[k] + 1)  # strictly increasing per entity
-                last[k] = ts
-                producer.send(topic, key=f"e{k}".encode(),
-                              value=reading(f"e{k}", ts, rng.normal(size=N_CHANNELS)))
-                sent += 1
-            time.sleep(0.005)
-        producer.flush(timeout=30)
-    finally:
-        producer.close(timeout=10)
-    return sent
-
-
-def read_topic(bootstrap: str, topic: str, want: int) -> list[dict]:
-    """Every record of a one-partition topic (JSON), polling until ``want`` or a quiet deadline."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, fetch_max_wait_ms=100)
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        out: list[dict] = []
-        deadline = time.monotonic() + 30
-        while len(out) < want and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend(json.loads(r.value) for r in records)
-        return out
-    finally:
-        consumer.close(autocommit=False)
-
-
-def iso_to_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
-def latency(rig: Rig, rate_per_s: float, seconds: float, entities: int, stride: int,
-            pipeline: bool = True) -> dict:
-    topic, alerts = (f"bench-paced-{uuid.uuid4().hex}", f"bench-alerts-{uuid.uuid4().hex}")
-    create_topics(rig.kafka.bootstrap, [topic, alerts, alerts + "-dead"])
-    threshold = median_threshold(rig.detector)
-    worker, source, sink = rig.worker(topic, 1 << 62, stride, threshold, alerts, pipeline)
-    thread, stop = run_worker(worker)
-    try:
-        if not source.assigned.wait(DEADLINE_S):  # the group join stays out of the latencies
-            raise RuntimeError("the latency worker never got its partition")
-        sent = paced_replay(rig.kafka.bootstrap, topic, rate_per_s, seconds, entities)
-        deadline = time.monotonic() + DEADLINE_S
-        while source.consumed < sent and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # the last batch's flush
-    finally:
-        stop_worker(thread, stop, sink)
-    published = int(worker.metrics.count("alerts_total", type="anomaly"))
-    docs = read_topic(rig.kafka.bootstrap, alerts, published)
-    lat = np.array([iso_to_ms(a["detected_at"]) - a["ts_ms"] for a in docs], dtype=np.float64)
-    if not len(lat):
-        raise RuntimeError("no alerts to measure latency on")
-    # the worker's own histogram: reading timestamp to the producer flush that delivered the alert
-    flushed = 1000 * np.asarray(worker.metrics.observations.get("event_to_alert_seconds", [0.0]))
-    return {
-        "rate_readings_per_second": rate_per_s, "seconds": seconds, "entities": entities,
-        "stride": stride, "readings": sent,
-        "windows_scored": int(worker.metrics.count("windows_scored_total")), "alerts": len(docs),
-        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-        "max_ms": float(lat.max()), "flushed_p50_ms": round(float(np.percentile(flushed, 50)), 1),
-        "flushed_p99_ms": round(float(np.percentile(flushed, 99)), 1),
     }
 
 

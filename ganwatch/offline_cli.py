@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.file import DataError, Table, read_table, write_scores_csv
+from connectors.file import DataError, read_table, write_scores_csv
 from detector.artifact import load_artifact, save_artifact
 from detector.offline import score_series
 from detector.stream import DEFAULT_MAX_GAP_S, StreamConfig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pytest
