@@ -8,7 +8,11 @@ log scale because faults multiply it; the critic counts in either direction, as 
 score does. The flat term catches stuck sensors, which a reconstruction model that cannot rebuild
 sensor noise does not see: per channel, how far the window's step-to-step variation (log std of
 first differences) falls below a tenth of the flattest window seen in training, in robust spreads
-of that variation; zero for anything near what training has seen.
+of that variation; zero for anything near what training has seen. The peak term catches short
+spikes, which the window's mean error dilutes (3 rows of 32): per channel, how far the log of the
+largest squared residual of a row in the window (in units of the channel's typical held-back error)
+rises above ``peak_margin`` plus the highest value on held-back windows, in robust spreads of the
+channel's log error on held-back windows; zero for anything near what calibration has seen.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class ScoreNormaliser:
     flat_margin: float = float(np.log(10.0))  # only variation under a tenth of the floor counts
     # per channel: median error on held-back windows; errors count relative to it (empty: as is)
     channel_scale: tuple[float, ...] = ()
+    peak_ceiling: tuple[float, ...] = ()  # per channel: highest log peak on held-back windows
+    peak_scale: tuple[float, ...] = ()  # per channel: robust spread of its held-back log error
+    peak_weight: float = 1.0
+    peak_margin: float = float(np.log(10.0))  # only peaks over 10 times the held-back highest count
 
     def relative(self, rec: np.ndarray) -> np.ndarray:
         """Per-channel errors (B, C) in units of each channel's typical held-back error, so a
@@ -54,22 +62,37 @@ class ScoreNormaliser:
         below = (floor - variation) / np.asarray(self.flat_scale)
         return self.flat_weight * np.maximum(below, 0.0)
 
+    def peak_terms(self, peak: np.ndarray) -> np.ndarray:
+        """Per window and channel (B, C): spreads of the log peak above the held-back ceiling plus
+        the margin, never negative; ``peak`` is the largest squared residual of a row (B, C)."""
+        if not self.peak_ceiling:
+            return np.zeros_like(peak)
+        log_peak = np.log(np.maximum(self.relative(peak), 1e-12))
+        excess = log_peak - np.asarray(self.peak_ceiling) - self.peak_margin
+        above = excess / np.asarray(self.peak_scale)
+        return self.peak_weight * np.maximum(above, 0.0)
+
     def combine(
-        self, rec: np.ndarray, critic: np.ndarray | None, flat: np.ndarray | None = None
+        self, rec: np.ndarray, critic: np.ndarray | None, flat: np.ndarray | None = None,
+        peak: np.ndarray | None = None,
     ) -> np.ndarray:
         """``rec``: mean squared reconstruction error per window; ``critic``: critic output;
-        ``flat``: the per-channel flat terms (B, C) from ``flat_terms``."""
+        ``flat``, ``peak``: the per-channel flat and peak terms (B, C) from ``flat_terms`` and
+        ``peak_terms``; the largest channel of each counts."""
         score = (np.log(np.maximum(rec, 1e-12)) - self.rec_center) / self.rec_scale
         if critic is not None and self.critic_weight > 0:
             score = score + self.critic_weight * np.abs(critic - self.critic_center) / self.critic_scale
         if flat is not None and flat.size:
             score = score + flat.max(axis=1)
+        if peak is not None and peak.size:
+            score = score + peak.max(axis=1)
         return score
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["flat_floor"], out["flat_scale"] = list(self.flat_floor), list(self.flat_scale)
         out["channel_scale"] = list(self.channel_scale)
+        out["peak_ceiling"], out["peak_scale"] = list(self.peak_ceiling), list(self.peak_scale)
         return out
 
     @classmethod
@@ -78,13 +101,17 @@ class ScoreNormaliser:
         floor = tuple(float(v) for v in data.pop("flat_floor", ()))
         scale = tuple(float(v) for v in data.pop("flat_scale", ()))
         channel = tuple(float(v) for v in data.pop("channel_scale", ()))  # older artifacts: none
+        ceiling = tuple(float(v) for v in data.pop("peak_ceiling", ()))  # older artifacts: none
+        peak_scale = tuple(float(v) for v in data.pop("peak_scale", ()))
         out = cls(**{k: float(v) for k, v in data.items()}, flat_floor=floor, flat_scale=scale,
-                  channel_scale=channel)
+                  channel_scale=channel, peak_ceiling=ceiling, peak_scale=peak_scale)
         if (not out.rec_scale > 0 or not out.critic_scale > 0
-                or not all(v > 0 and np.isfinite(v) for v in scale + channel)):
+                or not all(v > 0 and np.isfinite(v) for v in scale + channel + peak_scale)):
             raise ValueError("score normaliser scales must be positive")
         if len(floor) != len(scale):
             raise ValueError("flat_floor and flat_scale must have one value per channel")
+        if len(ceiling) != len(peak_scale) or not all(np.isfinite(v) for v in ceiling):
+            raise ValueError("peak_ceiling and peak_scale must have one finite value per channel")
         return out
 
 
@@ -125,6 +152,11 @@ def prepare_windows(
         targets = (scaled - offset).astype(np.float32)
     inputs = (scaled - mean).astype(np.float32) if center_inputs else targets
     return inputs, targets
+
+
+def peak(residual: torch.Tensor) -> torch.Tensor:
+    """Largest squared residual of a row per window and channel, (B, W, C) -> (B, C)."""
+    return residual.pow(2).amax(dim=1)
 
 
 def error(residual: torch.Tensor, bias_weight: float) -> torch.Tensor:
@@ -171,7 +203,7 @@ class LstmGanDetector:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.networks.to(self.device)
         self.chunk = chunk or (CPU_CHUNK if self.device.type == "cpu" else GPU_CHUNK)
-        for name in ("flat_floor", "channel_scale"):
+        for name in ("flat_floor", "channel_scale", "peak_ceiling"):
             if len(getattr(normaliser, name)) not in (0, len(self.channels)):
                 raise ValueError(f"score normaliser {name} needs one value per channel")
 
@@ -180,17 +212,25 @@ class LstmGanDetector:
 
     def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-channel reconstruction error (B, C, see ``error``) and critic output (B,) or None."""
-        return self._forward(*self.prepare(windows))
+        return self._forward(*self.prepare(windows))[:2]
+
+    def parts(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``components`` plus each channel's largest squared residual of a row (B, C, see ``peak``)."""
+        return self._forward(*self.prepare(windows), with_peak=True)
 
     @torch.inference_mode()
-    def _forward(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        rec_parts, critic_parts = [], []
+    def _forward(self, inputs: np.ndarray, targets: np.ndarray, with_peak: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        rec_parts, critic_parts, peak_parts = [], [], []
         for start in range(0, len(inputs), self.chunk):
             stop = start + self.chunk
             x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(self.device)
             y = torch.from_numpy(np.ascontiguousarray(targets[start:stop])).to(self.device)
-            err = error(self.networks.reconstruct(x) - y, self.normaliser.bias_weight)
+            residual = self.networks.reconstruct(x) - y
+            err = error(residual, self.normaliser.bias_weight)
             rec_parts.append(err.double().cpu().numpy())
+            if with_peak:
+                peak_parts.append(peak(residual).double().cpu().numpy())
             if self.networks.adversarial:
                 critic_parts.append(self.networks.critic_x(y).double().cpu().numpy())
         c = len(self.channels)
@@ -198,7 +238,10 @@ class LstmGanDetector:
         critic = None
         if self.networks.adversarial:
             critic = np.concatenate(critic_parts) if critic_parts else np.empty(0)
-        return rec, critic
+        peaks = None
+        if with_peak:
+            peaks = np.concatenate(peak_parts) if peak_parts else np.empty((0, c))
+        return rec, critic, peaks
 
     def score(self, windows: np.ndarray) -> ScoreBatch:
         windows = np.asarray(windows, dtype=np.float64)
@@ -216,16 +259,22 @@ class LstmGanDetector:
 
     def _score(self, windows: np.ndarray) -> ScoreBatch:
         inputs, targets = self.prepare(windows)
-        rec, critic = self._forward(inputs, targets)
+        with_peak = bool(self.normaliser.peak_ceiling)
+        rec, critic, peaks = self._forward(inputs, targets, with_peak=with_peak)
         rec = self.normaliser.relative(rec)
         flat = None
         if self.normaliser.flat_floor:  # inputs differ from scaled windows by per-window offsets only
             flat = self.normaliser.flat_terms(variation(inputs))
-        scores = self.normaliser.combine(rec.mean(axis=1), critic, flat)
-        if flat is None or not flat.any():
+        if peaks is not None:
+            peaks = self.normaliser.peak_terms(peaks)
+        scores = self.normaliser.combine(rec.mean(axis=1), critic, flat, peaks)
+        extra = [t for t in (flat, peaks) if t is not None]
+        if not any(t.any() for t in extra):
             return ScoreBatch(scores=scores, contributions=shares(rec))
-        # attribution: the rest of the score split by per-channel error, plus each channel's flat term
-        rest = np.maximum(scores - flat.max(axis=1), 0.0)[:, None]
-        flat_rows = flat.any(axis=1)[:, None]  # row by row, so a batch never changes a window's
-        contributions = np.where(flat_rows, shares(shares(rec) * rest + flat), shares(rec))
+        # attribution: the rest of the score split by per-channel error, plus each channel's flat
+        # and peak terms
+        terms = sum(extra)
+        rest = np.maximum(scores - sum(t.max(axis=1) for t in extra), 0.0)[:, None]
+        extra_rows = terms.any(axis=1)[:, None]  # row by row, so a batch never changes a window's
+        contributions = np.where(extra_rows, shares(shares(rec) * rest + terms), shares(rec))
         return ScoreBatch(scores=scores, contributions=contributions)

@@ -251,3 +251,37 @@ def test_scaler_uses_training_rows_and_never_divides_by_zero():
 def test_slow_channels_are_the_smooth_drifting_ones():
     _, values = normal_data(400)
     np.testing.assert_array_equal(slow_channels(values, 0.7), [False, False, True])
+
+
+def test_a_short_spike_scores_high_and_is_named(trained):
+    """A few rows far off on one channel: the window's mean error dilutes them, the peak term
+    (largest squared row residual against the held-back ceiling) does not."""
+    out, result, config = trained
+    n = result.normaliser
+    assert len(n.peak_ceiling) == len(n.peak_scale) == len(CHANNELS) and min(n.peak_scale) > 0
+    loaded = load_artifact(out, device="cpu")
+    assert loaded.detector.normaliser == n
+    _, values = normal_data(200, seed=7)
+    w = windows_of(values, config.window)
+    spiked = w.copy()
+    spiked[:, -3:-1, 0] += 6 * values[:, 0].std()  # two rows, +6 sd on flow
+    batch = loaded.detector.score(spiked)
+    assert batch.scores.min() > loaded.threshold.value
+    assert (batch.contributions.argmax(axis=1) == 0).all()
+    alone = np.concatenate([loaded.detector.score(spiked[i : i + 1]).scores for i in range(5)])
+    np.testing.assert_allclose(alone, batch.scores[:5], rtol=0, atol=1e-5)
+    # zero on the held-back windows by construction (ceiling + margin), so the threshold keeps
+    # its meaning; an artifact without the peak fields scores without the term
+    legacy = {k: v for k, v in n.to_dict().items() if not k.startswith("peak_")}
+    old = ScoreNormaliser.from_dict(legacy)
+    assert old.peak_ceiling == () and not old.peak_terms(np.full((2, 3), 1e6)).any()
+    with pytest.raises(ValueError, match="positive"):
+        ScoreNormaliser.from_dict({**n.to_dict(), "peak_scale": [0.0] * len(CHANNELS)})
+    with pytest.raises(ValueError, match="one finite value per channel"):
+        ScoreNormaliser.from_dict({**n.to_dict(), "peak_ceiling": [0.0]})
+
+
+def test_peak_weight_zero_leaves_the_peak_term_out():
+    ts, values = normal_data(200)
+    config = TrainConfig(window=8, epochs=1, hidden=8, latent=4, peak_weight=0.0)
+    assert train(ts, values, CHANNELS, config).normaliser.peak_ceiling == ()

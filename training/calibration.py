@@ -8,7 +8,11 @@ and the critic output are each centred on their median and divided by their robu
 ``critic_weight`` times the absolute critic term, plus a stuck-sensor term: per channel, how many
 robust spreads the window's step-to-step variation (log std of first differences) falls below a
 tenth of the flattest training window's (zero for anything near what training has seen); the
-largest channel counts. The threshold is the highest held-back score plus ``threshold_margin``
+largest channel counts; and a spike term: per channel, how far the log of the window's largest
+squared row residual (relative to the channel's unit) rises above ``peak_margin`` (ten times) plus
+the highest held-back value, in robust spreads of the channel's log error on held-back windows, so
+in the units of the log-error term (zero for anything near what calibration has seen); the largest
+channel counts. The threshold is the highest held-back score plus ``threshold_margin``
 times the scores' robust spread: normal data the model never saw stays below it, with a margin
 for the slow drift that real plants show.
 """
@@ -40,7 +44,7 @@ def calibrate(
     config: "TrainConfig",
 ) -> tuple[ScoreNormaliser, Threshold, np.ndarray, np.ndarray]:
     """Return normaliser, threshold, and the scores of the fitting and held-back windows."""
-    rec, critic = detector.components(calib_windows)
+    rec, critic, peaks = detector.parts(calib_windows)
     kwargs: dict = {"bias_weight": detector.normaliser.bias_weight}
     if config.channel_norm:
         kwargs["channel_scale"] = tuple(float(max(v, 1e-12)) for v in np.median(rec, axis=0))
@@ -58,6 +62,15 @@ def calibrate(
             flat_floor=tuple(float(v) for v in seen.min(axis=0)),
             flat_scale=tuple(robust_spread(seen[:, c]) for c in range(seen.shape[1])),
             flat_weight=config.flat_weight,
+        )
+    if config.peak_weight > 0:
+        scale = np.asarray(kwargs.get("channel_scale", np.ones(peaks.shape[1])))
+        log_peak = np.log(np.maximum(peaks / scale, 1e-12))
+        log_channel = np.log(np.maximum(rec, 1e-12))  # rec is relative here when channel_norm is on
+        kwargs.update(
+            peak_ceiling=tuple(float(v) for v in log_peak.max(axis=0)),
+            peak_scale=tuple(robust_spread(log_channel[:, c]) for c in range(rec.shape[1])),
+            peak_weight=config.peak_weight, peak_margin=config.peak_margin,
         )
     normaliser = ScoreNormaliser(**kwargs)
     detector.normaliser = normaliser
