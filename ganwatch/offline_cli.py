@@ -56,6 +56,10 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-gap-s", type=float, default=DEFAULT_MAX_GAP_S,
                    help=f"no training window spans a gap longer than this (default "
                         f"{DEFAULT_MAX_GAP_S}, 0 = never), as `ganwatch score` and `serve`")
+    p.add_argument("--threshold-margin", type=float, default=DEFAULTS.threshold_margin,
+                   help=f"threshold = highest held-back score + this many robust spreads of "
+                        f"them (default {DEFAULTS.threshold_margin:g}); lower flags weaker faults "
+                        f"and raises false alarms")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -96,6 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     positive("--train-rows", args.train_rows)
     if args.max_gap_s < 0:
         raise DataError(f"--max-gap-s must be 0 (never) or positive, got {args.max_gap_s}")
+    if not args.threshold_margin >= 0:
+        raise DataError(f"--threshold-margin must be 0 or more, got {args.threshold_margin}")
     table = read_table(
         args.data, sep=args.sep, timestamp_column=args.timestamp_column,
         channels=split_names(args.channels), exclude_columns=split_names(args.exclude_columns) or (),
@@ -110,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model, window=args.window, epochs=args.epochs, device=args.device, seed=args.seed,
         batch_size=args.batch_size, hidden=args.hidden, latent=args.latent, lr=args.lr,
-        max_gap_ms=int(args.max_gap_s * 1000) or None,
+        max_gap_ms=int(args.max_gap_s * 1000) or None, threshold_margin=args.threshold_margin,
     )
     ts_ms = table.row_ts_ms()[:rows]
     values = table.values[:rows]

@@ -53,6 +53,18 @@ def test_train_writes_artifact_and_report(model_dir):
     assert (model_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_threshold_margin_sets_the_calibrated_threshold(model_dir, tmp_path):
+    """A lower margin gives a lower threshold on the same data and seed; the rule says which."""
+    out = tmp_path / "low"
+    assert main(["train", "--data", str(model_dir.parent / "normal.csv"), "--out", str(out),
+                 "--timestamp-column", "time", "--exclude-columns", "label", "--window", "8",
+                 "--epochs", "3", "--no-progress", "--threshold-margin", "1"]) == 0
+    low, default = (json.loads((d / "model.json").read_text()) for d in (out, model_dir))
+    assert low["threshold"]["value"] < default["threshold"]["value"]
+    assert "+ 1.0 x" in low["threshold"]["rule"] and "+ 4.5 x" in default["threshold"]["rule"]
+    assert low["hyperparameters"]["threshold_margin"] == 1.0
+
+
 def test_score_gives_one_row_per_input_row(model_dir, tmp_path):
     data = write_series(tmp_path / "live.csv", n=120, seed=5, spike_at=60)
     out = tmp_path / "scores.csv"
@@ -94,6 +106,8 @@ def run_cli(*args):
         (["train", "--data", "{normal}", "--out", "{tmp}/m", "--window", "0"], "--window"),
         (["train", "--data", "{short}", "--out", "{tmp}/m", "--window", "16"], "rows"),
         (["train", "--data", "{normal}", "--out", "{tmp}/m", "--max-gap-s", "-1"], "--max-gap-s"),
+        (["train", "--data", "{normal}", "--out", "{tmp}/m", "--threshold-margin", "-1"],
+         "--threshold-margin"),
         (["train", "--data", "{normal}", "--out", "{tmp}/m", "--timestamp-column", "nope"], "nope"),
         (["score", "--model", "{tmp}/missing", "--data", "{normal}", "--out", "{tmp}/s.csv"],
          "missing"),
