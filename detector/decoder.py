@@ -50,11 +50,11 @@ class ReadingDecoder:
         if fast is not False and msgspec is not None:
             try:
                 self._decode = _typed_decoder(self.channels, fields)
+                self._values = attrgetter(*[f"c{j}" for j in range(len(self.channels))])
             except Exception as exc:  # e.g. two contract fields configured with one name
                 if fast:
                     raise
                 log.warning("fast decoder unavailable, using the stdlib one: %s", exc)
-            self._values = attrgetter(*[f"c{j}" for j in range(len(self.channels))])
 
     @property
     def fast(self) -> bool:

@@ -210,12 +210,9 @@ class LstmGanDetector:
     def prepare(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return prepare_windows(self.scaler, windows, self.slow, self.center_inputs, self.level)
 
-    def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per-channel reconstruction error (B, C, see ``error``) and critic output (B,) or None."""
-        return self._forward(*self.prepare(windows))[:2]
-
-    def parts(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """``components`` plus each channel's largest squared residual of a row (B, C, see ``peak``)."""
+    def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Per-channel reconstruction error (B, C, see ``error``), critic output (B,) or None, and
+        each channel's largest squared residual of a row (B, C, see ``peak``)."""
         return self._forward(*self.prepare(windows), with_peak=True)
 
     @torch.inference_mode()

@@ -134,7 +134,7 @@ def test_channel_errors_count_relative_to_their_held_back_median(trained):
     n = result.normaliser
     detector = load_artifact(out, device="cpu").detector
     assert len(n.channel_scale) == len(CHANNELS) and min(n.channel_scale) > 0
-    rec, _ = detector.components(windows_of(normal_data(400, seed=0)[1][300:], config.window))
+    rec, _, _ = detector.components(windows_of(normal_data(400, seed=0)[1][300:], config.window))
     rel = n.relative(rec)
     np.testing.assert_allclose(rel, rec / np.asarray(n.channel_scale))
     np.testing.assert_allclose(np.median(rel, axis=0), 1.0, rtol=0.1)  # about the same windows

@@ -44,7 +44,7 @@ def calibrate(
     config: "TrainConfig",
 ) -> tuple[ScoreNormaliser, Threshold, np.ndarray, np.ndarray]:
     """Return normaliser, threshold, and the scores of the fitting and held-back windows."""
-    rec, critic, peaks = detector.parts(calib_windows)
+    rec, critic, peaks = detector.components(calib_windows)
     kwargs: dict = {"bias_weight": detector.normaliser.bias_weight}
     if config.channel_norm:
         kwargs["channel_scale"] = tuple(float(max(v, 1e-12)) for v in np.median(rec, axis=0))
