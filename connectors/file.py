@@ -222,11 +222,8 @@ def _parse_ts(name: str, column: str, raw: pd.Series) -> np.ndarray:
     if out.any():
         row = int(np.flatnonzero(out)[0])
         raise DataError(f"{where} row {row}: {raw.iloc[row]} is outside 1970..9999")
-    steps = np.flatnonzero(np.diff(ms) <= 0)
-    if steps.size:
-        row = int(steps[0]) + 1
-        raise DataError(f"{where} row {row}: timestamps must increase, but {raw.iloc[row]} "
-                        f"is not after row {row - 1} ({raw.iloc[row - 1]})")
+    # repeated or out-of-order timestamps are kept: the stream rules skip them (detector.stream),
+    # in training exactly as in scoring and in the worker
     return ms
 
 

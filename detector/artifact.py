@@ -24,6 +24,7 @@ from detector.model import LstmGanDetector, ScoreNormaliser
 from detector.network import Networks, NetworkShape
 from detector.scaler import StandardScaler
 from detector.score import Threshold
+from detector.stream import DEFAULT_MAX_GAP_S
 
 FORMAT = "ganwatch-model"
 FORMAT_VERSION = 1
@@ -40,6 +41,14 @@ class Artifact:
     detector: LstmGanDetector
     threshold: Threshold
     meta: dict[str, Any]
+
+    def max_gap_ms(self, override_s: float | None = None) -> int | None:
+        """The gap rule to score with: ``override_s`` seconds when given (0 = never), else the one
+        learned at training time; artifacts written before it was learned keep the old fixed
+        default."""
+        if override_s is not None:
+            return int(override_s * 1000) or None
+        return self.meta.get("max_gap_ms", DEFAULT_MAX_GAP_S * 1000)
 
 
 def save_artifact(
@@ -142,6 +151,10 @@ def load_artifact(directory: str | Path, device: str = "auto") -> Artifact:
                 f"expected {tuple(want.shape)}"
             )
     networks.load_state_dict(tensors, strict=True)
+    gap = meta.get("max_gap_ms")
+    if gap is not None and (isinstance(gap, bool) or not isinstance(gap, int) or gap <= 0):
+        raise ArtifactError(f"{directory / META}: max_gap_ms must be a positive integer or null, "
+                            f"got {gap!r}")
     slow_names = meta.get("slow_channels", [])
     unknown = sorted(set(slow_names) - set(meta["channels"]))
     if unknown:

@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 
-# A reading more than this many seconds after the previous one starts a new window (the worker's
-# --max-gap-s and offline scoring share this default).
+# A reading more than this many seconds after the previous one starts a new window: the rule for
+# artifacts that do not carry a learned gap (written before it was learned).
 DEFAULT_MAX_GAP_S = 300
+# A learned gap is this many median steps of the training data: a 1 Hz pump restarts its window
+# after 10 s without readings, an hourly signal after 10 h (see ``learn_max_gap_ms``).
+GAP_STEPS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,20 @@ class StreamConfig:
             raise ValueError(f"stride must be at least 1, got {self.stride}")
         if self.max_gap_ms is not None and self.max_gap_ms <= 0:
             raise ValueError(f"max_gap_ms must be positive, got {self.max_gap_ms}")
+
+
+def learn_max_gap_ms(ts_ms: np.ndarray, steps: int = GAP_STEPS) -> int | None:
+    """``steps`` times the median step between increasing timestamps; None (no gap rule) when
+    there are fewer than two distinct timestamps. Repeated and out-of-order readings, which the
+    stream rules skip, are left out of the median."""
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    if len(ts) < 2:
+        return None
+    kept = ts[np.concatenate([[True], ts[1:] > np.maximum.accumulate(ts)[:-1]])]
+    diffs = np.diff(kept)
+    if not len(diffs):
+        return None
+    return max(int(steps * float(np.median(diffs))), 1)
 
 
 @dataclass(slots=True)

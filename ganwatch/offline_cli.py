@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 from connectors.file import DataError, read_table, write_scores_csv
 from detector.artifact import load_artifact, save_artifact
 from detector.offline import score_series
-from detector.stream import DEFAULT_MAX_GAP_S, StreamConfig
+from detector.stream import GAP_STEPS, StreamConfig
 from training.evaluate import evaluate
 from training.trainer import TrainConfig, train
 
@@ -34,9 +35,10 @@ def add_data_arguments(p: argparse.ArgumentParser, channels: bool = True) -> Non
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=1,
                    help="score every k-th reading, as `ganwatch serve --stride` (default 1)")
-    p.add_argument("--max-gap-s", type=float, default=DEFAULT_MAX_GAP_S,
-                   help=f"restart the window after a gap longer than this (default "
-                        f"{DEFAULT_MAX_GAP_S}, 0 = never), as `ganwatch serve`")
+    p.add_argument("--max-gap-s", type=float, default=None,
+                   help="restart the window after a gap longer than this (default: the gap rule "
+                        "stored in the model, learned from its training data; 0 = never), as "
+                        "`ganwatch serve`")
 
 
 def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +55,17 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, default=DEFAULTS.hidden)
     p.add_argument("--latent", type=int, default=DEFAULTS.latent)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
-    p.add_argument("--max-gap-s", type=float, default=DEFAULT_MAX_GAP_S,
-                   help=f"no training window spans a gap longer than this (default "
-                        f"{DEFAULT_MAX_GAP_S}, 0 = never), as `ganwatch score` and `serve`")
+    p.add_argument("--max-gap-s", type=float, default=None,
+                   help=f"no window spans a gap longer than this (default: {GAP_STEPS} times the "
+                        f"data's median step; 0 = never); stored in the model for `ganwatch "
+                        f"score` and `serve`")
+    p.add_argument("--torch-threads", type=int, default=DEFAULTS.torch_threads,
+                   help=f"torch CPU threads while training (default {DEFAULTS.torch_threads}, "
+                        f"0 = torch's default); more threads spin against each other when "
+                        f"another process holds a core")
+    p.add_argument("--sample-budget", type=int, default=DEFAULTS.sample_budget,
+                   help=f"windows visited over all epochs (default {DEFAULTS.sample_budget}); a "
+                        f"long history gets fewer epochs, so training time follows this budget")
     p.add_argument("--threshold-margin", type=float, default=DEFAULTS.threshold_margin,
                    help=f"threshold = highest held-back score + this many robust spreads of "
                         f"them (default {DEFAULTS.threshold_margin:g}); lower flags weaker faults "
@@ -98,8 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in ("--window", "--epochs", "--batch-size", "--hidden", "--latent", "--lr"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     positive("--train-rows", args.train_rows)
-    if args.max_gap_s < 0:
-        raise DataError(f"--max-gap-s must be 0 (never) or positive, got {args.max_gap_s}")
+    positive("--sample-budget", args.sample_budget)
+    check_max_gap(args.max_gap_s)
+    if args.torch_threads < 0:
+        raise DataError(f"--torch-threads must be 0 (torch's default) or more, got "
+                        f"{args.torch_threads}")
     if not args.threshold_margin >= 0:
         raise DataError(f"--threshold-margin must be 0 or more, got {args.threshold_margin}")
     table = read_table(
@@ -116,11 +129,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model, window=args.window, epochs=args.epochs, device=args.device, seed=args.seed,
         batch_size=args.batch_size, hidden=args.hidden, latent=args.latent, lr=args.lr,
-        max_gap_ms=int(args.max_gap_s * 1000) or None, threshold_margin=args.threshold_margin,
+        max_gap_ms=None if args.max_gap_s is None else int(args.max_gap_s * 1000),
+        threshold_margin=args.threshold_margin, torch_threads=args.torch_threads,
+        sample_budget=args.sample_budget,
     )
     ts_ms = table.row_ts_ms()[:rows]
     values = table.values[:rows]
-    result = train(ts_ms, values, table.channels, config, progress=progress_bar(config, args))
+    with progress_bar(config, args) as progress:
+        result = train(ts_ms, values, table.channels, config, progress=progress)
     meta = save_artifact(
         args.out, result.networks, result.scaler, result.normaliser, result.threshold,
         table.channels,
@@ -142,7 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "model": str(args.out), "model_version": meta["model_version"], "kind": config.model,
         "channels": table.channels, "slow_channels": meta["slow_channels"], "rows": rows,
         "window": config.window, "threshold": round(result.threshold.value, 4),
-        "train_seconds": result.metrics["train_seconds"],
+        "train_seconds": result.metrics["train_seconds"], "epochs": result.metrics["epochs"],
+        "max_gap_s": None if result.max_gap_ms is None else result.max_gap_ms / 1000,
+        "skipped_rows": result.metrics["skipped_rows"],
         "calibration_false_alarm_rate": round(result.metrics["calibration_false_alarm_rate"], 4),
         "report": str(report),
     }
@@ -150,20 +168,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
 def progress_bar(config: TrainConfig, args: argparse.Namespace):
+    """A bar on a terminal, else a log line per epoch; at most ``config.epochs`` (the sample
+    budget may end training sooner, and the bar closes then)."""
     if args.no_progress or not sys.stderr.isatty():
-        return lambda epoch, losses: log.info("epoch %d/%d %s", epoch, config.epochs, losses)
+        yield lambda epoch, losses: log.info("epoch %d (at most %d) %s", epoch, config.epochs,
+                                             losses)
+        return
     from tqdm import tqdm
 
-    bar = tqdm(total=config.epochs, desc=f"training {config.model}", unit="epoch")
+    with tqdm(total=config.epochs, desc=f"training {config.model}", unit="epoch") as bar:
+        def update(epoch: int, losses: dict[str, float]) -> None:
+            bar.set_postfix({k[:6]: f"{v:.3g}" for k, v in losses.items()})
+            bar.update(1)
 
-    def update(epoch: int, losses: dict[str, float]) -> None:
-        bar.set_postfix({k[:6]: f"{v:.3g}" for k, v in losses.items()})
-        bar.update(1)
-        if epoch == config.epochs:
-            bar.close()
-
-    return update
+        yield update
 
 
 def fingerprint(ts_ms: np.ndarray, values: np.ndarray) -> str:
@@ -178,8 +198,7 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
     """Load the model and the file with the model's channels; score every row."""
     if args.stride < 1:
         raise DataError(f"--stride must be at least 1, got {args.stride}")
-    if args.max_gap_s < 0:
-        raise DataError(f"--max-gap-s must be 0 (never) or positive, got {args.max_gap_s}")
+    check_max_gap(args.max_gap_s)
     artifact = load_artifact(args.model, device=args.device)
     meta = artifact.meta
     ts_col = args.timestamp_column or meta.get("timestamp_column")
@@ -188,10 +207,15 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
     window = artifact.detector.window
     if len(table.values) < window:
         raise DataError(f"{args.data}: {len(table.values)} rows, fewer than the window of {window}")
-    stream = StreamConfig(window, args.stride, int(args.max_gap_s * 1000) or None)
+    stream = StreamConfig(window, args.stride, artifact.max_gap_ms(args.max_gap_s))
     scored = score_series(artifact.detector, artifact.threshold, table.row_ts_ms(), table.values,
                           stream)
     return artifact, table, scored
+
+
+def check_max_gap(max_gap_s: float | None) -> None:
+    if max_gap_s is not None and not max_gap_s >= 0:
+        raise DataError(f"--max-gap-s must be 0 (never) or positive, got {max_gap_s}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:

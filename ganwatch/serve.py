@@ -113,6 +113,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
     undo.callback(restore_torch_threads, threads_before)
     model_dir = Path(settings.model)
     first = load_artifact(model_dir, device=settings.device)
+    max_gap_ms = first.max_gap_ms(settings.max_gap_s)  # a reloaded model keeps the stream rules
 
     def loader() -> tuple[Detector, Threshold]:
         nonlocal first
@@ -162,7 +163,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
                             namespace=state_namespace(channels, window), ttl_s=settings.state_ttl_s)
     metrics = PrometheusMetrics()
     config = WorkerConfig(
-        stream=StreamConfig(window, settings.stride, int(settings.max_gap_s * 1000) or None),
+        stream=StreamConfig(window, settings.stride, max_gap_ms),
         alert_mode=settings.alert_mode, episode_end_windows=settings.episode_end_windows,
         missing_channel=settings.missing_channel,
         fields=FieldNames(settings.entity_field, settings.ts_field, settings.values_field),

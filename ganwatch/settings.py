@@ -22,7 +22,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
-from detector.stream import DEFAULT_MAX_GAP_S
 
 ENV_PREFIX = "GANWATCH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -106,8 +105,9 @@ class Settings(BaseModel):
         "episode", description="`episode`: start/end alerts; `window`: one alert per anomalous window.")
     episode_end_windows: int = Field(
         5, ge=1, description="Consecutive normal windows that end an episode.")
-    max_gap_s: float = Field(DEFAULT_MAX_GAP_S, ge=0,
-                             description="The window restarts after a gap longer than this (0 = never).")
+    max_gap_s: float | None = Field(
+        None, ge=0, description="The window restarts after a gap longer than this (0 = never); "
+        "unset: the gap rule stored in the model, learned from its training data.")
     missing_channel: Literal["carry", "dead-letter"] = Field(
         "carry", description="A reading without some channel: carry the last value or dead-letter it.")
     entity_field: str = Field("entity", min_length=1, description="JSON field with the entity name.")

@@ -130,14 +130,62 @@ def test_bad_input_is_one_line_and_non_zero(args, needle, tmp_path, model_dir):
     assert needle in lines[0]
 
 
-def test_non_increasing_timestamps_are_refused(tmp_path):
-    path = write_series(tmp_path / "bad.csv", n=100)
+def test_repeated_timestamps_are_skipped_in_training_as_in_scoring(tmp_path, capsys):
+    """The stream rules decide in train as in score and serve: skipped, counted, one warning."""
+    path = write_series(tmp_path / "dup.csv", n=200)
     frame = pd.read_csv(path)
-    frame.loc[50, "time"] = frame.loc[10, "time"]
+    frame.loc[50, "time"] = frame.loc[49, "time"]  # repeated
+    frame.loc[120, "time"] = frame.loc[10, "time"]  # goes back
     frame.to_csv(path, index=False)
     proc = run_cli("train", "--data", str(path), "--out", str(tmp_path / "m"),
-                   "--timestamp-column", "time")
-    assert proc.returncode != 0 and "increas" in proc.stderr and len(proc.stderr.splitlines()) == 1
+                   "--timestamp-column", "time", "--epochs", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "skipped 2 of 200 rows" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert json.loads(proc.stdout)["skipped_rows"] == 2
+    assert main(["score", "--model", str(tmp_path / "m"), "--data", str(path),
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    scores = pd.read_csv(tmp_path / "s.csv")["score"]
+    assert scores[[50, 120]].isna().all() and scores[[49, 51, 119, 121]].notna().all()
+
+
+@pytest.mark.parametrize("freq, step_s", [("h", 3600), ("D", 86400), ("100ms", 0.1)])
+def test_any_sampling_rate_trains_and_scores_with_its_learned_gap_rule(tmp_path, freq, step_s):
+    path = write_series(tmp_path / "series.csv", n=200)
+    frame = pd.read_csv(path)
+    stamps = pd.date_range("2024-01-01", periods=len(frame), freq=freq)
+    frame["time"] = stamps.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    frame = frame.drop(index=range(150, 153))  # a gap of 4 steps: below the rule's 10
+    frame.to_csv(path, index=False)
+    out = tmp_path / "m"
+    proc = run_cli("train", "--data", str(path), "--out", str(out), "--timestamp-column", "time",
+                   "--epochs", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["max_gap_ms"] == int(10 * step_s * 1000)  # GAP_STEPS median steps, stored
+    assert json.loads(proc.stdout)["max_gap_s"] == pytest.approx(10 * step_s)
+    assert main(["score", "--model", str(out), "--data", str(path), "--out",
+                 str(tmp_path / "s.csv")]) == 0
+    scores = pd.read_csv(tmp_path / "s.csv")["score"]
+    assert scores.iloc[31:].notna().all()  # the 4-step gap did not restart the window
+    # the stored rule is what score uses unless told otherwise: 2 steps restarts it at the gap
+    assert main(["score", "--model", str(out), "--data", str(path), "--out",
+                 str(tmp_path / "s2.csv"), "--max-gap-s", str(2 * step_s)]) == 0
+    cut = pd.read_csv(tmp_path / "s2.csv")["score"]
+    assert cut.iloc[150:150 + 31].isna().all() and cut.iloc[150 + 31:].notna().all()
+
+
+def test_a_gap_rule_that_splits_every_step_names_the_flag(tmp_path):
+    path = write_series(tmp_path / "hourly.csv", n=120)
+    frame = pd.read_csv(path)
+    frame["time"] = pd.date_range("2024-01-01", periods=len(frame), freq="h").strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    frame.to_csv(path, index=False)
+    proc = run_cli("train", "--data", str(path), "--out", str(tmp_path / "m"),
+                   "--timestamp-column", "time", "--max-gap-s", "300", "--no-progress")
+    assert proc.returncode == 2
+    assert "--max-gap-s" in proc.stderr and "300 s" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(not SKAB.exists(), reason="SKAB data lives in ../shared beside the checkout")

@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from detector.stream import DEFAULT_MAX_GAP_S
 from ganwatch.settings import (
     Settings,
     SettingsError,
@@ -47,7 +46,7 @@ def test_defaults():
     assert (s.group_id, s.device, s.max_batch, s.max_wait_ms, s.stride) == ("ganwatch", "auto", 8192, 100, 1)
     assert s.max_partition_fetch_bytes == 4 * 1024 * 1024  # a full max_batch of 500-byte readings
     assert (s.alert_mode, s.episode_end_windows, s.missing_channel) == ("episode", 5, "carry")
-    assert s.max_gap_s == DEFAULT_MAX_GAP_S
+    assert s.max_gap_s is None  # the gap rule stored in the model
     assert (s.entity_field, s.ts_field, s.values_field) == ("entity", "ts", "values")
     assert (s.state_ttl_s, s.state_prefix, s.metrics_port, s.metrics_host) == (
         7 * 86400, "ganwatch", 9108, "0.0.0.0")

@@ -23,7 +23,7 @@ from detector.network import Networks, NetworkShape
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
 from detector.score import Threshold
-from detector.stream import DEFAULT_MAX_GAP_S, StreamConfig
+from detector.stream import GAP_STEPS, AdvanceStats, StreamConfig, learn_max_gap_ms
 from training.calibration import calibrate
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,9 @@ class TrainConfig:
 
     model: str = "lstm-gan"
     window: int = 32
-    epochs: int = 15
+    epochs: int = 15  # at most; fewer when the sample budget runs out first
+    sample_budget: int = 60_000  # windows visited in all epochs together (see epoch_plan)
+    torch_threads: int = 1  # torch CPU threads while training; 0 = torch's default
     batch_size: int = 32
     hidden: int = 32
     latent: int = 16
@@ -55,7 +57,8 @@ class TrainConfig:
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
     level_r2: float = 0.9  # slow channels the others predict this well keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
-    max_gap_ms: int | None = DEFAULT_MAX_GAP_S * 1000  # no training window spans a longer gap
+    # no window spans a longer gap: None learns it (GAP_STEPS median steps), 0 means never
+    max_gap_ms: int | None = None
     device: str = "auto"
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA only
@@ -77,11 +80,13 @@ class TrainResult:
     calib_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     metrics: dict = field(default_factory=dict)
     center_inputs: bool = True
+    max_gap_ms: int | None = None  # the gap rule training used, stored for score and serve
+    stream_stats: AdvanceStats = field(default_factory=AdvanceStats)
 
     def artifact_meta(self, channels: list[str]) -> dict:
         """What scoring needs besides weights, scaler and calibration, for ``save_artifact``."""
         meta = {"slow_channels": [c for c, s in zip(channels, self.slow) if s],
-                "center_inputs": self.center_inputs}
+                "center_inputs": self.center_inputs, "max_gap_ms": self.max_gap_ms}
         if self.level is not None and self.level.explained.any():
             meta["level_model"] = self.level.to_dict()
         return meta
@@ -94,16 +99,35 @@ class TrainResult:
                                level=self.level)
 
 
-def make_windows(ts_ms: np.ndarray, values: np.ndarray, window: int, max_gap_ms: int | None):
-    """All stride-1 windows through the stream rules; returns (windows, index of last row)."""
+def make_windows(ts_ms: np.ndarray, values: np.ndarray, window: int, max_gap_ms: int | None
+                 ) -> tuple[np.ndarray, np.ndarray, AdvanceStats]:
+    """All stride-1 windows through the stream rules; returns (windows, index of last row, the
+    rules' counts of accepted, repeated or out-of-order, and gap rows)."""
     parts, ends = [], []
-    for start, windows, _ in iter_windows(ts_ms, values, StreamConfig(window, 1, max_gap_ms)):
+    stats = AdvanceStats()
+    for start, windows, stats in iter_windows(ts_ms, values, StreamConfig(window, 1, max_gap_ms)):
         if windows:
             parts.append(window_array(windows))
             ends.extend(start + w.index for w in windows)
     if not parts:
-        return np.empty((0, window, values.shape[1])), np.empty(0, dtype=np.int64)
-    return np.concatenate(parts), np.asarray(ends, dtype=np.int64)
+        return np.empty((0, window, values.shape[1])), np.empty(0, dtype=np.int64), stats
+    return np.concatenate(parts), np.asarray(ends, dtype=np.int64), stats
+
+
+def resolve_max_gap_ms(ts_ms: np.ndarray, configured: int | None) -> int | None:
+    """The gap rule: ``configured`` ms, none for 0, or learned from the data for None."""
+    if configured is None:
+        return learn_max_gap_ms(ts_ms)
+    return int(configured) or None
+
+
+def epoch_plan(n_windows: int, config: TrainConfig) -> tuple[int, int]:
+    """(epochs, windows per epoch) within ``sample_budget``: a short history gets every epoch, a
+    long one fewer epochs, and one longer than the budget a random subset per epoch. Training
+    time then grows with the budget, not with the file (an LSTM step costs the same per window)."""
+    per_epoch = min(n_windows, max(config.sample_budget, config.batch_size))
+    epochs = max(1, min(config.epochs, config.sample_budget // max(per_epoch, 1)))
+    return epochs, per_epoch
 
 
 def slow_channels(values: np.ndarray, limit: float) -> np.ndarray:
@@ -137,14 +161,16 @@ def train(
 
     n_fit = int(round(len(values) * (1 - config.calib_fraction)))
     scaler = StandardScaler.fit(values[:n_fit])
-    windows, ends = make_windows(ts_ms, values, config.window, config.max_gap_ms)
+    max_gap_ms = resolve_max_gap_ms(ts_ms, config.max_gap_ms)
+    windows, ends, stats = make_windows(ts_ms, values, config.window, max_gap_ms)
+    if stats.duplicates:
+        log.warning("skipped %d of %d rows whose timestamp repeats or goes back (the stream "
+                    "rules of score and serve skip them too)", stats.duplicates, len(ts_ms))
     fit_windows = windows[ends < n_fit]
     calib_windows = windows[ends >= n_fit]
     if len(fit_windows) < 2 or len(calib_windows) < 1:
-        raise ValueError(
-            f"too few windows to train: {len(fit_windows)} for fitting and {len(calib_windows)} "
-            f"held back; use more rows or a smaller --window (now {config.window})"
-        )
+        raise ValueError(too_few_windows(len(fit_windows), len(calib_windows), stats, max_gap_ms,
+                                         config.window))
     slow = slow_channels(values[:n_fit], config.slow_autocorr)
     level = LevelModel.fit(scaler.transform(fit_windows), slow, config.level_r2)
     inputs, targets = prepare_windows(scaler, fit_windows, slow, config.center_inputs, level)
@@ -163,33 +189,19 @@ def train(
     history: dict[str, list[float]] = {"reconstruction": []}
     if nets.adversarial:
         history.update({"critic_x": [], "critic_z": [], "adversarial": []})
+    epochs, per_epoch = epoch_plan(len(in_all), config)
+    threads_before = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     started = time.perf_counter()
-    for epoch in range(config.epochs):
-        nets.train()
-        sums = dict.fromkeys(history, 0.0)
-        order = torch.from_numpy(rng.permutation(len(in_all))).to(device)
-        n_batches = 0
-        for i in range(0, len(order), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            x, y = in_all[idx], tgt_all[idx]
-            if len(x) < 2:
-                continue
-            n_batches += 1
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if nets.adversarial:
-                    for _ in range(config.n_critic):
-                        cx, cz = critic_step(nets, x, y, opt_c, config)
-                    sums["critic_x"] += cx
-                    sums["critic_z"] += cz
-                rec, adv = generator_step(nets, x, y, opt_g, config)
-            sums["reconstruction"] += rec
-            if nets.adversarial:
-                sums["adversarial"] += adv
-        for key in history:
-            history[key].append(sums[key] / max(n_batches, 1))
-        if progress:
-            progress(epoch + 1, {k: v[-1] for k, v in history.items()})
-        log.debug("epoch %d: %s", epoch + 1, {k: round(v[-1], 5) for k, v in history.items()})
+    try:
+        for epoch in range(epochs):
+            _epoch(nets, in_all, tgt_all, rng, per_epoch, opt_g, opt_c, config, use_amp, history)
+            if progress:
+                progress(epoch + 1, {k: v[-1] for k, v in history.items()})
+            log.debug("epoch %d: %s", epoch + 1, {k: round(v[-1], 5) for k, v in history.items()})
+    finally:
+        torch.set_num_threads(threads_before)
     train_seconds = time.perf_counter() - started
 
     nets.eval()
@@ -202,13 +214,60 @@ def train(
     )
     metrics = {
         "train_seconds": round(train_seconds, 3),
+        "epochs": epochs, "windows_per_epoch": per_epoch, "max_gap_ms": max_gap_ms,
+        "skipped_rows": stats.duplicates, "gaps": stats.gaps,
         "fit_windows": int(len(fit_windows)),
         "calibration_windows": int(len(calib_windows)),
         "final_losses": {k: v[-1] for k, v in history.items() if v},
         "calibration_false_alarm_rate": float(np.mean(calib_scores >= threshold.value)),
     }
     return TrainResult(nets.cpu(), scaler, normaliser, threshold, slow, level, history,
-                       train_scores, calib_scores, metrics, config.center_inputs)
+                       train_scores, calib_scores, metrics, config.center_inputs, max_gap_ms, stats)
+
+
+def _epoch(
+    nets: Networks, in_all: torch.Tensor, tgt_all: torch.Tensor, rng: np.random.Generator,
+    per_epoch: int, opt_g: torch.optim.Optimizer, opt_c: torch.optim.Optimizer | None,
+    config: TrainConfig, use_amp: bool, history: dict[str, list[float]],
+) -> None:
+    """One pass over ``per_epoch`` windows in random order; appends the mean losses to ``history``."""
+    nets.train()
+    device = in_all.device
+    sums = dict.fromkeys(history, 0.0)
+    order = torch.from_numpy(rng.permutation(len(in_all))[:per_epoch]).to(device)
+    n_batches = 0
+    for i in range(0, len(order), config.batch_size):
+        idx = order[i : i + config.batch_size]
+        x, y = in_all[idx], tgt_all[idx]
+        if len(x) < 2:
+            continue
+        n_batches += 1
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            if nets.adversarial:
+                for _ in range(config.n_critic):
+                    cx, cz = critic_step(nets, x, y, opt_c, config)
+                sums["critic_x"] += cx
+                sums["critic_z"] += cz
+            rec, adv = generator_step(nets, x, y, opt_g, config)
+        sums["reconstruction"] += rec
+        if nets.adversarial:
+            sums["adversarial"] += adv
+    for key in history:
+        history[key].append(sums[key] / max(n_batches, 1))
+
+
+def too_few_windows(n_fit: int, n_calib: int, stats: AdvanceStats, max_gap_ms: int | None,
+                    window: int) -> str:
+    """The error for a history that yields too few windows, naming the cause and the flag."""
+    head = f"too few windows to train: {n_fit} for fitting and {n_calib} held back"
+    if stats.gaps and max_gap_ms is not None and stats.gaps * window >= stats.accepted / 2:
+        return (f"{head}: {stats.gaps} steps longer than the gap rule ({max_gap_ms / 1000:g} s) "
+                f"restart the window; raise --max-gap-s (0 = never) or lower --window "
+                f"(now {window})")
+    if stats.duplicates and stats.duplicates >= stats.accepted:
+        return (f"{head}: {stats.duplicates} rows repeat or go back in time and were skipped; "
+                f"sort the file by its timestamp column")
+    return f"{head}; use more rows or a smaller --window (now {window})"
 
 
 def critic_step(
