@@ -287,11 +287,29 @@ def write_scores_csv(
                              "one column per channel name")
         for j, ch in enumerate(channels):
             out[f"contrib_{ch}"] = np.where(scored, contributions[:, j], np.nan)
-    target = Path(path)
+    _write_atomic(out, Path(path))
+
+
+def write_episodes_csv(path: str | os.PathLike, episodes: Sequence[dict], top: int = 3) -> None:
+    """One row per episode: ``start,end,peak_score,peak_ts,top_channels``; ``end`` is blank for an
+    episode still open where the data ends; ``top_channels`` lists the ``top`` largest shares of
+    the peak window as ``name=share`` separated by ``;``."""
+    out = pd.DataFrame({
+        "start": [e["start"] for e in episodes],
+        "end": [e["end"] or "" for e in episodes],
+        "peak_score": [e["peak_score"] for e in episodes],
+        "peak_ts": [e["peak_ts"] or "" for e in episodes],
+        "top_channels": [";".join(f"{c['name']}={(c['contribution'] or 0.0):.3f}"
+                                  for c in e["channels"][:top]) for e in episodes],
+    }, columns=["start", "end", "peak_score", "peak_ts", "top_channels"])
+    _write_atomic(out, Path(path))
+
+
+def _write_atomic(frame: pd.DataFrame, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        out.to_csv(tmp, index=False, na_rep="")
+        frame.to_csv(tmp, index=False, na_rep="")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -26,6 +26,8 @@ from detector.stream import WindowRef
 
 WINDOW, EPISODE = "window", "episode"
 ALERT_MODES = (WINDOW, EPISODE)
+DEFAULT_ALERT_MODE = EPISODE  # serve's --alert-mode and score's, defined once
+DEFAULT_END_WINDOWS = 5  # consecutive normal windows that end an episode (--episode-end-windows)
 ANOMALY, ANOMALY_START, ANOMALY_END = "anomaly", "anomaly_start", "anomaly_end"
 # A fixed namespace makes ids stable across processes and releases; never change it.
 ALERT_NAMESPACE = uuid.UUID("6f1c2a8e-3b5d-5e47-9a0c-1d2e3f405162")

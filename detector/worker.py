@@ -40,7 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
 
-from detector.alert import ALERT_MODES, EPISODE
+from detector.alert import ALERT_MODES, DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS
 from detector.batch import (
     Offsets, Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
     prepare, score_batch,
@@ -63,8 +63,8 @@ class WorkerConfig:
     """Everything the loop needs besides its collaborators."""
 
     stream: StreamConfig
-    alert_mode: str = EPISODE
-    episode_end_windows: int = 3
+    alert_mode: str = DEFAULT_ALERT_MODE
+    episode_end_windows: int = DEFAULT_END_WINDOWS
     missing_channel: str = CARRY
     fields: FieldNames = field(default_factory=FieldNames)
     alerts_topic: str = "ganwatch.alerts"

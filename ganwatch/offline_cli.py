@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.file import DataError, read_table, write_scores_csv
+from connectors.file import DataError, read_table, write_episodes_csv, write_scores_csv
 from detector.artifact import load_artifact, save_artifact
-from detector.offline import score_series
+from detector.alert import ALERT_MODES, DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS, EPISODE
+from detector.offline import episode_rows, score_series, series_alerts
 from detector.stream import GAP_STEPS, StreamConfig
 from training.evaluate import evaluate
 from training.trainer import TrainConfig, train
@@ -39,6 +40,16 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
                    help="restart the window after a gap longer than this (default: the gap rule "
                         "stored in the model, learned from its training data; 0 = never), as "
                         "`ganwatch serve`")
+
+
+def add_alert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alert-mode", choices=ALERT_MODES, default=DEFAULT_ALERT_MODE,
+                   help=f"as `ganwatch serve`: `episode` flags every row from the window that "
+                        f"opened an episode to the one that closed it, `window` each anomalous "
+                        f"window's row (default {DEFAULT_ALERT_MODE})")
+    p.add_argument("--episode-end-windows", type=int, default=DEFAULT_END_WINDOWS,
+                   help=f"consecutive normal windows that end an episode, as `ganwatch serve` "
+                        f"(default {DEFAULT_END_WINDOWS})")
 
 
 def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +91,10 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="CSV to write: timestamp,score,is_anomaly")
     p.add_argument("--contributions", action="store_true",
                    help="add one contrib_<channel> column per channel")
+    add_alert_arguments(p)
+    p.add_argument("--episodes", default=None, metavar="PATH",
+                   help="also write one CSV row per episode: start, end, peak score and time, top "
+                        "channels (episode mode)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_score)
 
@@ -90,6 +105,7 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", required=True, help="0/1 column marking anomalous rows")
     p.add_argument("--from-row", type=int, default=0,
                    help="evaluate rows from this one on (e.g. after the training rows)")
+    add_alert_arguments(p)
     p.add_argument("--plot", default=None, help="PNG with channels, score, threshold, anomalies")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -199,6 +215,8 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
     if args.stride < 1:
         raise DataError(f"--stride must be at least 1, got {args.stride}")
     check_max_gap(args.max_gap_s)
+    if args.episode_end_windows < 1:
+        raise DataError(f"--episode-end-windows must be at least 1, got {args.episode_end_windows}")
     artifact = load_artifact(args.model, device=args.device)
     meta = artifact.meta
     ts_col = args.timestamp_column or meta.get("timestamp_column")
@@ -208,9 +226,15 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
     if len(table.values) < window:
         raise DataError(f"{args.data}: {len(table.values)} rows, fewer than the window of {window}")
     stream = StreamConfig(window, args.stride, artifact.max_gap_ms(args.max_gap_s))
-    scored = score_series(artifact.detector, artifact.threshold, table.row_ts_ms(), table.values,
-                          stream)
-    return artifact, table, scored
+    ts_ms = table.row_ts_ms()
+    scored = score_series(artifact.detector, artifact.threshold, ts_ms, table.values, stream)
+    if scored.stats.duplicates:
+        log.warning("skipped %d of %d rows whose timestamp repeats or goes back (no score)",
+                    scored.stats.duplicates, len(ts_ms))
+    alerts = series_alerts(scored, ts_ms, artifact.detector.channels, artifact.threshold,
+                           artifact.meta["model_version"], args.alert_mode,
+                           args.episode_end_windows)
+    return artifact, table, scored, alerts
 
 
 def check_max_gap(max_gap_s: float | None) -> None:
@@ -219,23 +243,30 @@ def check_max_gap(max_gap_s: float | None) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    artifact, table, scored = load_scored(args)
+    if args.episodes and args.alert_mode != EPISODE:
+        raise DataError("--episodes needs --alert-mode episode")
+    artifact, table, scored, alerts = load_scored(args)
     write_scores_csv(
-        args.out, table.timestamps, scored.scores, scored.flags,
+        args.out, table.timestamps, scored.scores, alerts.flags,
         contributions=scored.contributions if args.contributions else None,
         channels=table.channels,
     )
     log.info("wrote %d rows to %s (%d anomalous)", len(scored.scores), args.out,
-             int(scored.flags.sum()))
+             int(alerts.flags.sum()))
+    if args.episodes:
+        episodes = episode_rows(alerts)
+        write_episodes_csv(args.episodes, episodes)
+        log.info("wrote %d episodes to %s", len(episodes), args.episodes)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    artifact, table, scored = load_scored(args, label_column=args.label_column)
+    artifact, table, scored, alerts = load_scored(args, label_column=args.label_column)
     part = slice(args.from_row, None)
-    result = evaluate(table.labels[part], scored.flags[part], scored.scores[part],
+    result = evaluate(table.labels[part], alerts.flags[part], scored.scores[part],
                       ts_ms=table.ts_ms[part] if table.ts_ms is not None else None)
     result.update(model_version=artifact.meta["model_version"], threshold=artifact.threshold.value,
+                  alert_mode=args.alert_mode,
                   rows=int(len(table.values[part])))
     if args.plot:
         from training.report import plot_evaluation
@@ -243,7 +274,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         x = (table.ts_ms.astype("datetime64[ms]") if table.ts_ms is not None
              else np.arange(len(table.values)))
         plot_evaluation(args.plot, x, table.values, table.channels, scored.scores,
-                        artifact.threshold.value, labels=table.labels, flags=scored.flags)
+                        artifact.threshold.value, labels=table.labels, flags=alerts.flags)
         result["plot"] = args.plot
     print(json.dumps(result, indent=2, default=float))
     return 0

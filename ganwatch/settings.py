@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
+from detector.alert import DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS
+
 
 ENV_PREFIX = "GANWATCH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -102,9 +104,10 @@ class Settings(BaseModel):
         "polled and parsed; `off`: one batch at a time, scored in this process.")
     stride: int = Field(1, ge=1, description="Score every k-th reading of an entity.")
     alert_mode: Literal["episode", "window"] = Field(
-        "episode", description="`episode`: start/end alerts; `window`: one alert per anomalous window.")
+        DEFAULT_ALERT_MODE,
+        description="`episode`: start/end alerts; `window`: one alert per anomalous window.")
     episode_end_windows: int = Field(
-        5, ge=1, description="Consecutive normal windows that end an episode.")
+        DEFAULT_END_WINDOWS, ge=1, description="Consecutive normal windows that end an episode.")
     max_gap_s: float | None = Field(
         None, ge=0, description="The window restarts after a gap longer than this (0 = never); "
         "unset: the gap rule stored in the model, learned from its training data.")

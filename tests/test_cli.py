@@ -81,6 +81,32 @@ def test_score_gives_one_row_per_input_row(model_dir, tmp_path):
     assert float(rows[70]["contrib_flow"]) > float(rows[70]["contrib_pressure"])
 
 
+def test_score_alert_modes_and_the_episodes_file(model_dir, tmp_path):
+    data = write_series(tmp_path / "live.csv", n=160, seed=5, spike_at=60)
+    flags = {}
+    for mode in ("window", "episode"):
+        out = tmp_path / f"{mode}.csv"
+        assert main(["score", "--model", str(model_dir), "--data", str(data), "--out", str(out),
+                     "--alert-mode", mode, "--episode-end-windows", "4"]) == 0
+        flags[mode] = pd.read_csv(out)["is_anomaly"].to_numpy()
+    window, episode = flags["window"], flags["episode"]
+    assert window.any() and (episode >= window).all()  # an episode covers its anomalous windows
+    # and runs on through the normal windows that close it
+    assert episode.sum() >= window.sum() + 4 - 1
+    episodes = tmp_path / "episodes.csv"
+    assert main(["score", "--model", str(model_dir), "--data", str(data), "--out",
+                 str(tmp_path / "e.csv"), "--episodes", str(episodes),
+                 "--episode-end-windows", "4"]) == 0
+    frame = pd.read_csv(episodes)
+    assert list(frame.columns) == ["start", "end", "peak_score", "peak_ts", "top_channels"]
+    edges = np.diff(np.concatenate([[0], episode, [0]]))
+    assert len(frame) == int((edges == 1).sum())  # one row per flagged run
+    assert frame["top_channels"].str.startswith("flow=").all()  # the spike is in flow
+    proc = run_cli("score", "--model", str(model_dir), "--data", str(data), "--out",
+                   str(tmp_path / "x.csv"), "--alert-mode", "window", "--episodes", str(episodes))
+    assert proc.returncode == 2 and "--episodes needs --alert-mode episode" in proc.stderr
+
+
 def test_evaluate_prints_metrics_json(model_dir, tmp_path, capsys):
     data = write_series(tmp_path / "labelled.csv", n=160, seed=6, spike_at=90)
     plot = tmp_path / "eval.png"

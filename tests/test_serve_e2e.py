@@ -108,14 +108,13 @@ def table(data_csv) -> Table:
 
 def offline(artifact: Artifact, table: Table, stride: int = 1):
     return score_series(artifact.detector, artifact.threshold, table.ts_ms, table.values,
-                        StreamConfig(artifact.detector.window, stride, MAX_GAP_MS))
+                        StreamConfig(artifact.detector.window, stride, artifact.max_gap_ms()))
 
 
 def expected_alerts(artifact: Artifact, table: Table, from_row: int = 0) -> list[dict]:
     """The alerts of an uninterrupted run: offline scores through the episode rules."""
-    scored, episode = offline(artifact, table), {}
     ctx = AlertContext(CHANNELS, artifact.threshold.value, artifact.meta["model_version"], 0)
-    out = []
+    scored, episode, out = offline(artifact, table), {}, []
     for i in np.flatnonzero(~np.isnan(scored.scores)):
         if i >= from_row:
             verdict = Verdict(ENTITY, int(table.ts_ms[i]), 0, float(scored.scores[i]),
@@ -251,7 +250,7 @@ CONTRACT = {"alert_id", "type", "entity", "ts", "ts_ms", "window_start", "score"
             "channels", "model_version", "detected_at"}
 
 
-def test_replayed_faults_become_alerts_with_every_contract_field(rig, model_dir, table):
+def test_replayed_faults_become_alerts_with_every_contract_field(rig, model_dir, data_csv, table):
     artifact = load_artifact(model_dir, device="cpu")
     want = expected_alerts(artifact, table)
     assert [a["type"] for a in want] == ["anomaly_start", "anomaly_end"] * 2
@@ -278,6 +277,32 @@ def test_replayed_faults_become_alerts_with_every_contract_field(rig, model_dir,
     for start, (channel, fault) in zip(starts, FAULTS.items()):
         assert table.ts_ms[fault.start] <= start["ts_ms"] <= table.ts_ms[fault.stop - 1] + 7000
         assert start["channels"][0]["name"] == channel  # the faulty channel leads
+    assert_score_episodes_match(got, rig.tmp, model_dir, data_csv, table)
+
+
+def assert_score_episodes_match(got: list[dict], tmp: Path, model_dir: Path, data_csv: Path,
+                                table: Table) -> None:
+    """``ganwatch score --episodes`` on the same rows gives serve's episodes, row for row."""
+    scores, episodes = tmp / "scores.csv", tmp / "episodes.csv"
+    assert cli.main(["score", "--model", str(model_dir), "--data", str(data_csv), "--out",
+                     str(scores), "--episodes", str(episodes), "--episode-end-windows",
+                     str(END_WINDOWS), "--device", "cpu"]) == 0
+    frame = pd.read_csv(episodes)
+    starts = [a for a in got if a["type"] == "anomaly_start"]
+    ends = [a for a in got if a["type"] == "anomaly_end"]
+    assert frame["start"].tolist() == [a["ts"] for a in starts]
+    assert frame["end"].tolist() == [a["ts"] for a in ends]
+    assert frame["peak_ts"].tolist() == [a["peak_ts"] for a in ends]
+    assert frame["peak_score"].to_numpy() == pytest.approx([a["peak_score"] for a in ends])
+    assert [t.split("=")[0] for t in frame["top_channels"].str.split(";").str[0]] == [
+        a["channels"][0]["name"] for a in ends]
+    # is_anomaly is 1 from the window that opened each episode to the one that closed it
+    flagged = pd.read_csv(scores)["is_anomaly"].to_numpy()
+    ts = table.ts_ms
+    want = np.zeros(len(ts), dtype=int)
+    for start, end in zip(starts, ends):
+        want[(ts >= start["ts_ms"]) & (ts <= end["ts_ms"])] = 1
+    assert flagged.tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("stride, max_batch, pipeline", [
@@ -290,7 +315,7 @@ def test_published_scores_match_offline_scoring(rig, model_dir, data_csv, table,
     out = tmp_path / "offline.csv"
     assert cli.main(["score", "--model", str(model_dir), "--data", str(data_csv),
                      "--timestamp-column", "timestamp", "--stride", str(stride), "--out", str(out),
-                     "--device", "cpu"]) == 0
+                     "--alert-mode", "window", "--device", "cpu"]) == 0
     frame = pd.read_csv(out)
     assert len(frame) == ROWS
     scored = frame["score"].notna().to_numpy()

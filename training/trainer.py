@@ -36,7 +36,7 @@ class TrainConfig:
     model: str = "lstm-gan"
     window: int = 32
     epochs: int = 15  # at most; fewer when the sample budget runs out first
-    sample_budget: int = 60_000  # windows visited in all epochs together (see epoch_plan)
+    sample_budget: int = 40_000  # windows visited in all epochs together (see epoch_plan)
     torch_threads: int = 1  # torch CPU threads while training; 0 = torch's default
     batch_size: int = 32
     hidden: int = 32
