@@ -100,12 +100,7 @@ class Rig:
         threads = torch.get_num_threads()
         if threads not in self._processes:
             d = self.detector
-            extra = {"slow_channels": [c for c, s in zip(d.channels, d.slow) if s]
-                     if d.slow is not None else [], "center_inputs": d.center_inputs}
-            if d.level is not None:
-                extra["level_model"] = d.level.to_dict()
-            meta = save_artifact(self._tmp.name, d.networks, d.scaler, d.normaliser,
-                                 Threshold(0.0), d.channels, extra=extra)
+            meta = save_artifact(self._tmp.name, d.networks, d.spec, Threshold(0.0), {})
             inline = load_artifact(self._tmp.name, device=str(d.device)).detector
             assert inline.version == meta["model_version"]
             self._processes[threads] = ProcessDetector(self._tmp.name, inline, str(d.device),

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from detector.level import LevelModel
-from detector.model import LstmGanDetector, ScoreNormaliser, resolve_device
+from detector.model import LstmGanDetector, ModelSpec, resolve_device
 from detector.network import Networks, NetworkShape
 from detector.scaler import StandardScaler
+from detector.term import CriticTerm, ErrorTerm, FlatTerm, WindowScore
 from training.trainer import TrainConfig
 
 N_CHANNELS = 8
@@ -28,12 +29,12 @@ def default_detector(device: str = "cpu") -> LstmGanDetector:
     coef[2, 0] = 1.0
     level = LevelModel(coef, np.zeros(N_CHANNELS), np.array([True] + [False] * (N_CHANNELS - 1)),
                        np.full(N_CHANNELS, np.nan))
-    normaliser = ScoreNormaliser(
-        0.0, 1.0, 0.0, 1.0, cfg.critic_weight, bias_weight=cfg.bias_weight,
-        flat_floor=(-1.0,) * N_CHANNELS, flat_scale=(0.1,) * N_CHANNELS, flat_weight=cfg.flat_weight,
-    )
-    return LstmGanDetector(nets, scaler, normaliser, [f"c{i}" for i in range(N_CHANNELS)], "bench",
-                           device=device, slow=slow, level=level)
+    score = WindowScore(ErrorTerm(0.0, 1.0, bias_weight=cfg.bias_weight),
+                        CriticTerm(0.0, 1.0, cfg.critic_weight),
+                        FlatTerm((-1.0,) * N_CHANNELS, (0.1,) * N_CHANNELS, cfg.flat_weight))
+    spec = ModelSpec([f"c{i}" for i in range(N_CHANNELS)], nets.shape, scaler, slow, True, level,
+                     score)
+    return LstmGanDetector(nets, spec, "bench", device=device)
 
 
 def rate(detector: LstmGanDetector, batch: int, seconds: float = 2.0) -> float:

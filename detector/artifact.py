@@ -13,16 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from detector import __version__
-from detector.level import LevelModel
-from detector.model import LstmGanDetector, ScoreNormaliser
-from detector.network import Networks, NetworkShape
-from detector.scaler import StandardScaler
+from detector.model import LstmGanDetector, ModelSpec
+from detector.network import Networks
 from detector.score import Threshold
 from detector.stream import DEFAULT_MAX_GAP_S
 
@@ -52,8 +49,8 @@ class Artifact:
 
 
 def save_artifact(
-    directory: str | Path, networks: Networks, scaler: StandardScaler, normaliser: ScoreNormaliser,
-    threshold: Threshold, channels: list[str], extra: dict[str, Any],
+    directory: str | Path, networks: Networks, spec: ModelSpec, threshold: Threshold,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Write weights and metadata; return the metadata (with ``model_version``)."""
     directory = Path(directory)
@@ -63,12 +60,7 @@ def save_artifact(
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_kind": networks.shape.kind,
-        "channels": list(channels),
-        "window": networks.shape.window,
-        "network": networks.shape.to_dict(),
-        "scaler": scaler.to_dict(),
-        "score_normaliser": normaliser.to_dict(),
+        **spec.meta(),
         "threshold": {"value": threshold.value, "rule": threshold.rule},
         "package_version": __version__,
         **extra,
@@ -125,15 +117,12 @@ def load_artifact(directory: str | Path, device: str = "auto") -> Artifact:
     directory = Path(directory)
     meta = read_meta(directory)
     try:
-        shape = NetworkShape(**meta["network"])
-        networks = Networks(shape)
-        scaler = StandardScaler.from_dict(meta["scaler"])
-        normaliser = ScoreNormaliser.from_dict(meta["score_normaliser"])
+        spec = ModelSpec.from_meta(meta)
+        networks = Networks(spec.shape)
         threshold = Threshold(float(meta["threshold"]["value"]), str(meta["threshold"].get("rule", "")))
     except (TypeError, KeyError, ValueError) as exc:
         raise ArtifactError(f"{directory / META} is inconsistent: {exc}") from None
-    if len(meta["channels"]) != shape.n_channels or len(scaler.mean) != shape.n_channels:
-        raise ArtifactError(f"{directory / META}: channels, scaler and network disagree in size")
+    shape = spec.shape
 
     tensors = _read_tensors(directory / WEIGHTS)
     expected = networks.state_dict()
@@ -155,19 +144,5 @@ def load_artifact(directory: str | Path, device: str = "auto") -> Artifact:
     if gap is not None and (isinstance(gap, bool) or not isinstance(gap, int) or gap <= 0):
         raise ArtifactError(f"{directory / META}: max_gap_ms must be a positive integer or null, "
                             f"got {gap!r}")
-    slow_names = meta.get("slow_channels", [])
-    unknown = sorted(set(slow_names) - set(meta["channels"]))
-    if unknown:
-        raise ArtifactError(f"{directory / META}: slow_channels names unknown channels {unknown}")
-    slow = np.isin(meta["channels"], slow_names)
-    level = None
-    if "level_model" in meta:
-        try:
-            level = LevelModel.from_dict(meta["level_model"], shape.n_channels)
-        except (TypeError, KeyError, ValueError) as exc:
-            raise ArtifactError(f"{directory / META}: level_model is inconsistent: {exc}") from None
-    detector = LstmGanDetector(
-        networks, scaler, normaliser, meta["channels"], meta["model_version"], device=device,
-        slow=slow, center_inputs=bool(meta.get("center_inputs", True)), level=level,
-    )
+    detector = LstmGanDetector(networks, spec, meta["model_version"], device=device)
     return Artifact(detector=detector, threshold=threshold, meta=meta)

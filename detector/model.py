@@ -1,118 +1,26 @@
-"""``LstmGanDetector``: scales windows, reconstructs them, and turns errors into one score.
+"""``LstmGanDetector``: scales windows, reconstructs them, and scores them by the terms of
+``detector.term.WindowScore`` (reconstruction error, critic output, stuck sensors, spikes).
 
-score = z(log reconstruction error) + critic_weight * |z(critic output)| + flat term, where the
-error is the mean over channels of each channel's error relative to its typical held-back error,
-and each z(.) uses a centre and spread frozen at training time (``ScoreNormaliser``), never statistics of the
-batch being scored, so a window scores the same alone or in any batch. The error is compared on a
-log scale because faults multiply it; the critic counts in either direction, as TadGAN's critic
-score does. The flat term catches stuck sensors, which a reconstruction model that cannot rebuild
-sensor noise does not see: per channel, how far the window's step-to-step variation (log std of
-first differences) falls below a tenth of the flattest window seen in training, in robust spreads
-of that variation; zero for anything near what training has seen. The peak term catches short
-spikes, which the window's mean error dilutes (3 rows of 32): per channel, how far the log of the
-largest squared residual of a row in the window (in units of the channel's typical held-back error)
-rises above ``peak_margin`` plus the highest value on held-back windows, in robust spreads of the
-channel's log error on held-back windows; zero for anything near what calibration has seen.
+``ModelSpec`` is the model's own description, everything but the weights: channels, network shape,
+scaler, which channels are judged by shape (slow) and how, and the fitted score. It is what
+``model.json`` stores, read and written in one place (``ModelSpec.meta``, ``ModelSpec.from_meta``).
+Every statistic is frozen at training time, never taken from the batch being scored, so a window
+scores the same alone or in any batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from detector.level import LevelModel
-from detector.network import Networks
+from detector.network import Networks, NetworkShape
 from detector.scaler import StandardScaler
-from detector.score import ScoreBatch, shares
-
-
-@dataclass(frozen=True)
-class ScoreNormaliser:
-    """Frozen statistics that put reconstruction error and critic output on one scale."""
-
-    rec_center: float  # of the log error
-    rec_scale: float
-    critic_center: float = 0.0
-    critic_scale: float = 1.0
-    critic_weight: float = 0.0
-    bias_weight: float = 0.0  # weight of the sustained-offset part of the error (see error)
-    flat_floor: tuple[float, ...] = ()  # per channel: lowest log variation in training windows
-    flat_scale: tuple[float, ...] = ()  # per channel: robust spread of that log variation
-    flat_weight: float = 1.0
-    flat_margin: float = float(np.log(10.0))  # only variation under a tenth of the floor counts
-    # per channel: median error on held-back windows; errors count relative to it (empty: as is)
-    channel_scale: tuple[float, ...] = ()
-    peak_ceiling: tuple[float, ...] = ()  # per channel: highest log peak on held-back windows
-    peak_scale: tuple[float, ...] = ()  # per channel: robust spread of its held-back log error
-    peak_weight: float = 1.0
-    peak_margin: float = float(np.log(10.0))  # only peaks over 10 times the held-back highest count
-
-    def relative(self, rec: np.ndarray) -> np.ndarray:
-        """Per-channel errors (B, C) in units of each channel's typical held-back error, so a
-        channel the model rebuilds closely weighs as much as one it never rebuilds well."""
-        return rec / np.asarray(self.channel_scale) if self.channel_scale else rec
-
-    def flat_terms(self, variation: np.ndarray) -> np.ndarray:
-        """Per window and channel (B, C): spreads below the training floor, never negative."""
-        if not self.flat_floor:
-            return np.zeros_like(variation)
-        floor = np.asarray(self.flat_floor) - self.flat_margin
-        below = (floor - variation) / np.asarray(self.flat_scale)
-        return self.flat_weight * np.maximum(below, 0.0)
-
-    def peak_terms(self, peak: np.ndarray) -> np.ndarray:
-        """Per window and channel (B, C): spreads of the log peak above the held-back ceiling plus
-        the margin, never negative; ``peak`` is the largest squared residual of a row (B, C)."""
-        if not self.peak_ceiling:
-            return np.zeros_like(peak)
-        log_peak = np.log(np.maximum(self.relative(peak), 1e-12))
-        excess = log_peak - np.asarray(self.peak_ceiling) - self.peak_margin
-        above = excess / np.asarray(self.peak_scale)
-        return self.peak_weight * np.maximum(above, 0.0)
-
-    def combine(
-        self, rec: np.ndarray, critic: np.ndarray | None, flat: np.ndarray | None = None,
-        peak: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """``rec``: mean squared reconstruction error per window; ``critic``: critic output;
-        ``flat``, ``peak``: the per-channel flat and peak terms (B, C) from ``flat_terms`` and
-        ``peak_terms``; the largest channel of each counts."""
-        score = (np.log(np.maximum(rec, 1e-12)) - self.rec_center) / self.rec_scale
-        if critic is not None and self.critic_weight > 0:
-            score = score + self.critic_weight * np.abs(critic - self.critic_center) / self.critic_scale
-        if flat is not None and flat.size:
-            score = score + flat.max(axis=1)
-        if peak is not None and peak.size:
-            score = score + peak.max(axis=1)
-        return score
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["flat_floor"], out["flat_scale"] = list(self.flat_floor), list(self.flat_scale)
-        out["channel_scale"] = list(self.channel_scale)
-        out["peak_ceiling"], out["peak_scale"] = list(self.peak_ceiling), list(self.peak_scale)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ScoreNormaliser":
-        data = dict(data)
-        floor = tuple(float(v) for v in data.pop("flat_floor", ()))
-        scale = tuple(float(v) for v in data.pop("flat_scale", ()))
-        channel = tuple(float(v) for v in data.pop("channel_scale", ()))  # older artifacts: none
-        ceiling = tuple(float(v) for v in data.pop("peak_ceiling", ()))  # older artifacts: none
-        peak_scale = tuple(float(v) for v in data.pop("peak_scale", ()))
-        out = cls(**{k: float(v) for k, v in data.items()}, flat_floor=floor, flat_scale=scale,
-                  channel_scale=channel, peak_ceiling=ceiling, peak_scale=peak_scale)
-        if (not out.rec_scale > 0 or not out.critic_scale > 0
-                or not all(v > 0 and np.isfinite(v) for v in scale + channel + peak_scale)):
-            raise ValueError("score normaliser scales must be positive")
-        if len(floor) != len(scale):
-            raise ValueError("flat_floor and flat_scale must have one value per channel")
-        if len(ceiling) != len(peak_scale) or not all(np.isfinite(v) for v in ceiling):
-            raise ValueError("peak_ceiling and peak_scale must have one finite value per channel")
-        return out
+from detector.score import ScoreBatch
+from detector.term import Parts, WindowScore
 
 
 FLAT_EPS = 1e-3  # in scaled units: variation below this counts as a flat line
@@ -159,19 +67,6 @@ def peak(residual: torch.Tensor) -> torch.Tensor:
     return residual.pow(2).amax(dim=1)
 
 
-def error(residual: torch.Tensor, bias_weight: float) -> torch.Tensor:
-    """Per-channel error of residuals (B, W, C): mean square + bias_weight * W * (mean)^2.
-
-    For residuals that are pure noise both parts have the same expectation; an offset d that
-    lasts the whole window adds d^2 to the first and W * d^2 to the second, so the second part is
-    a matched filter for sustained offsets (a drop in flow) that the mean square dilutes.
-    """
-    err = residual.pow(2).mean(dim=1)
-    if bias_weight > 0:
-        err = err + bias_weight * residual.shape[1] * residual.mean(dim=1).pow(2)
-    return err
-
-
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
     if device == "auto":
@@ -183,62 +78,105 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class LstmGanDetector:
-    """A trained model behind the ``Detector`` contract; also serves ``lstm-ae`` (no critic)."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything but the weights that a trained model scores with; ``score`` is None until
+    calibration has fitted it."""
 
-    def __init__(
-        self, networks: Networks, scaler: StandardScaler, normaliser: ScoreNormaliser,
-        channels: list[str], version: str, device: str | torch.device = "cpu",
-        slow: np.ndarray | None = None, center_inputs: bool = True, chunk: int | None = None,
-        level: LevelModel | None = None,
-    ) -> None:
-        """``chunk``: most windows per pass; by default 512 on CPU, where larger passes fall out
-        of cache (batch 2048 scores half as fast in one pass), and 8192 on a GPU."""
-        self.slow = None if slow is None else np.asarray(slow, dtype=bool)
-        self.level = level
-        self.center_inputs = center_inputs
-        self.networks = networks.eval()
-        self.scaler, self.normaliser = scaler, normaliser
-        self.channels, self.window, self.version = list(channels), networks.shape.window, version
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.networks.to(self.device)
-        self.chunk = chunk or (CPU_CHUNK if self.device.type == "cpu" else GPU_CHUNK)
-        for name in ("flat_floor", "channel_scale", "peak_ceiling"):
-            if len(getattr(normaliser, name)) not in (0, len(self.channels)):
-                raise ValueError(f"score normaliser {name} needs one value per channel")
+    channels: tuple[str, ...]
+    shape: NetworkShape
+    scaler: StandardScaler
+    slow: np.ndarray  # (C,) bool: judged by shape, not level
+    center_inputs: bool = True
+    level: LevelModel | None = None
+    score: WindowScore | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "slow", np.asarray(self.slow, dtype=bool))
+        if len(self.channels) != self.shape.n_channels or len(self.scaler.mean) != len(self.channels):
+            raise ValueError("channels, scaler and network disagree in size")
+        if self.score is not None:
+            self.score.check(len(self.channels))
+
+    def calibrated(self, score: WindowScore) -> "ModelSpec":
+        return replace(self, score=score)
 
     def prepare(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return prepare_windows(self.scaler, windows, self.slow, self.center_inputs, self.level)
 
-    def components(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Per-channel reconstruction error (B, C, see ``error``), critic output (B,) or None, and
-        each channel's largest squared residual of a row (B, C, see ``peak``)."""
-        return self._forward(*self.prepare(windows), with_peak=True)
+    def meta(self) -> dict[str, Any]:
+        """The artifact's description of the model (``model.json`` keys)."""
+        if self.score is None:
+            raise ValueError("the model is not calibrated yet")
+        meta: dict[str, Any] = {
+            "model_kind": self.shape.kind, "channels": list(self.channels),
+            "window": self.shape.window, "network": self.shape.to_dict(),
+            "scaler": self.scaler.to_dict(), "score_normaliser": self.score.to_dict(),
+            "slow_channels": [c for c, s in zip(self.channels, self.slow) if s],
+            "center_inputs": self.center_inputs,
+        }
+        if self.level is not None and self.level.explained.any():
+            meta["level_model"] = self.level.to_dict()
+        return meta
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "ModelSpec":
+        """Strict: raises ``ValueError`` (or ``KeyError``/``TypeError``) on anything inconsistent."""
+        shape = NetworkShape(**meta["network"])
+        channels = list(meta["channels"])
+        unknown = sorted(set(meta.get("slow_channels", [])) - set(channels))
+        if unknown:
+            raise ValueError(f"slow_channels names unknown channels {unknown}")
+        level = None
+        if "level_model" in meta:
+            try:
+                level = LevelModel.from_dict(meta["level_model"], shape.n_channels)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise ValueError(f"level_model is inconsistent: {exc}") from None
+        return cls(channels, shape, StandardScaler.from_dict(meta["scaler"]),
+                   np.isin(channels, meta.get("slow_channels", [])),
+                   bool(meta.get("center_inputs", True)), level,
+                   WindowScore.from_dict(meta["score_normaliser"]))
+
+
+class LstmGanDetector:
+    """A trained model behind the ``Detector`` contract; also serves ``lstm-ae`` (no critic)."""
+
+    def __init__(self, networks: Networks, spec: ModelSpec, version: str,
+                 device: str | torch.device = "cpu", chunk: int | None = None) -> None:
+        """``chunk``: most windows per pass; by default 512 on CPU, where larger passes fall out
+        of cache (batch 2048 scores half as fast in one pass), and 8192 on a GPU."""
+        self.networks = networks.eval()
+        self.spec = spec
+        self.channels, self.window, self.version = list(spec.channels), networks.shape.window, version
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.networks.to(self.device)
+        self.chunk = chunk or (CPU_CHUNK if self.device.type == "cpu" else GPU_CHUNK)
+
+    @property
+    def level(self) -> LevelModel | None:
+        return self.spec.level
 
     @torch.inference_mode()
-    def _forward(self, inputs: np.ndarray, targets: np.ndarray, with_peak: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        rec_parts, critic_parts, peak_parts = [], [], []
+    def parts(self, windows: np.ndarray) -> Parts:
+        """One forward pass over raw windows (B, W, C): what every score term reads."""
+        inputs, targets = self.spec.prepare(np.asarray(windows, dtype=np.float64))
+        out = []
         for start in range(0, len(inputs), self.chunk):
             stop = start + self.chunk
             x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(self.device)
             y = torch.from_numpy(np.ascontiguousarray(targets[start:stop])).to(self.device)
             residual = self.networks.reconstruct(x) - y
-            err = error(residual, self.normaliser.bias_weight)
-            rec_parts.append(err.double().cpu().numpy())
-            if with_peak:
-                peak_parts.append(peak(residual).double().cpu().numpy())
+            critic = None
             if self.networks.adversarial:
-                critic_parts.append(self.networks.critic_x(y).double().cpu().numpy())
-        c = len(self.channels)
-        rec = np.concatenate(rec_parts) if rec_parts else np.empty((0, c))
-        critic = None
-        if self.networks.adversarial:
-            critic = np.concatenate(critic_parts) if critic_parts else np.empty(0)
-        peaks = None
-        if with_peak:
-            peaks = np.concatenate(peak_parts) if peak_parts else np.empty((0, c))
-        return rec, critic, peaks
+                critic = self.networks.critic_x(y).double().cpu().numpy()
+            out.append(Parts(
+                self.window, residual.pow(2).mean(dim=1).double().cpu().numpy(),
+                residual.mean(dim=1).double().cpu().numpy(), peak(residual).double().cpu().numpy(),
+                # inputs differ from scaled windows by per-window offsets only
+                variation(inputs[start:stop]), critic))
+        return Parts.concat(out, self.window, len(self.channels))
 
     def score(self, windows: np.ndarray) -> ScoreBatch:
         windows = np.asarray(windows, dtype=np.float64)
@@ -247,31 +185,12 @@ class LstmGanDetector:
                 f"windows must have shape (batch, {self.window}, {len(self.channels)}), "
                 f"got {windows.shape}"
             )
+        if self.spec.score is None:
+            raise ValueError("the model is not calibrated yet")
         if len(windows) <= self.chunk:
-            return self._score(windows)
+            return self.spec.score.score(self.parts(windows))
         # windows score independently, so chunks change nothing but the memory they touch
-        parts = [self._score(windows[i : i + self.chunk]) for i in range(0, len(windows), self.chunk)]
+        parts = [self.spec.score.score(self.parts(windows[i : i + self.chunk]))
+                 for i in range(0, len(windows), self.chunk)]
         return ScoreBatch(scores=np.concatenate([p.scores for p in parts]),
                           contributions=np.concatenate([p.contributions for p in parts]))
-
-    def _score(self, windows: np.ndarray) -> ScoreBatch:
-        inputs, targets = self.prepare(windows)
-        with_peak = bool(self.normaliser.peak_ceiling)
-        rec, critic, peaks = self._forward(inputs, targets, with_peak=with_peak)
-        rec = self.normaliser.relative(rec)
-        flat = None
-        if self.normaliser.flat_floor:  # inputs differ from scaled windows by per-window offsets only
-            flat = self.normaliser.flat_terms(variation(inputs))
-        if peaks is not None:
-            peaks = self.normaliser.peak_terms(peaks)
-        scores = self.normaliser.combine(rec.mean(axis=1), critic, flat, peaks)
-        extra = [t for t in (flat, peaks) if t is not None]
-        if not any(t.any() for t in extra):
-            return ScoreBatch(scores=scores, contributions=shares(rec))
-        # attribution: the rest of the score split by per-channel error, plus each channel's flat
-        # and peak terms
-        terms = sum(extra)
-        rest = np.maximum(scores - sum(t.max(axis=1) for t in extra), 0.0)[:, None]
-        extra_rows = terms.any(axis=1)[:, None]  # row by row, so a batch never changes a window's
-        contributions = np.where(extra_rows, shares(shares(rec) * rest + terms), shares(rec))
-        return ScoreBatch(scores=scores, contributions=contributions)

@@ -240,7 +240,6 @@ def training_set(tables: dict[str, Table], rows: int, calib_fraction: float,
 def train_model(tables: dict[str, Table], rows: int, config: TrainConfig, model_dir: Path,
                 seed: int) -> tuple[dict[str, Any], TrainResult]:
     """Train one model on every pump's first ``rows`` readings; write artifact and training PNG."""
-    from detector.artifact import save_artifact
     from training.report import plot_training_report
     from training.trainer import train
 
@@ -248,13 +247,11 @@ def train_model(tables: dict[str, Table], rows: int, config: TrainConfig, model_
     channels = next(iter(tables.values())).channels
     with _progress(config.epochs) as progress:
         result = train(ts_ms, values, channels, config, progress=progress)
-    meta = save_artifact(
-        model_dir, result.networks, result.scaler, result.normaliser, result.threshold, channels,
-        extra={**result.artifact_meta(channels), "timestamp_column": "ts",
-               "hyperparameters": config.to_dict(),
-               "training_data": {"source": "ganwatch demo simulator", "seed": seed,
-                                 "entities": list(tables), "rows_per_entity": rows},
-               "training_metrics": result.metrics})
+    meta = result.save(model_dir, {
+        "timestamp_column": "ts", "hyperparameters": config.to_dict(),
+        "training_data": {"source": "ganwatch demo simulator", "seed": seed,
+                          "entities": list(tables), "rows_per_entity": rows},
+        "training_metrics": result.metrics})
     plot_training_report(model_dir / "report.png", result.history, result.train_scores,
                          result.calib_scores, result.threshold.value)
     return meta, result

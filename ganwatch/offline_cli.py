@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from connectors.file import DataError, read_table, write_episodes_csv, write_scores_csv
-from detector.artifact import load_artifact, save_artifact
+from detector.artifact import load_artifact
 from detector.alert import ALERT_MODES, DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS, EPISODE
 from detector.offline import episode_rows, score_series, series_alerts
 from detector.stream import GAP_STEPS, StreamConfig
@@ -153,18 +153,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     values = table.values[:rows]
     with progress_bar(config, args) as progress:
         result = train(ts_ms, values, table.channels, config, progress=progress)
-    meta = save_artifact(
-        args.out, result.networks, result.scaler, result.normaliser, result.threshold,
-        table.channels,
-        extra={
-            **result.artifact_meta(table.channels),
-            "timestamp_column": args.timestamp_column,
-            "hyperparameters": config.to_dict(),
-            "training_data": {"path": str(args.data), "rows": rows,
-                              "fingerprint": fingerprint(ts_ms, values)},
-            "training_metrics": result.metrics,
-        },
-    )
+    meta = result.save(args.out, {
+        "timestamp_column": args.timestamp_column,
+        "hyperparameters": config.to_dict(),
+        "training_data": {"path": str(args.data), "rows": rows,
+                          "fingerprint": fingerprint(ts_ms, values)},
+        "training_metrics": result.metrics,
+    })
     from training.report import plot_training_report
 
     report = Path(args.out) / "report.png"

@@ -66,7 +66,7 @@ def scored():
 
 def test_training_flags_the_slow_channel_only(scored):
     _, _, _, result = scored
-    assert list(result.slow) == [False, False, False, True]
+    assert list(result.spec.slow) == [False, False, False, True]
 
 
 @pytest.mark.parametrize("kind", sorted(FAULTS))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from detector.artifact import load_artifact, save_artifact
+from detector.artifact import load_artifact
 from detector.level import LevelModel
 from detector.offline import score_series
 from detector.stream import StreamConfig
@@ -65,17 +65,16 @@ def model(tmp_path_factory):
     config = TrainConfig(window=16, epochs=4, hidden=16, latent=8, seed=1)
     result = train(1000 * np.arange(1200, dtype=np.int64), values, CHANNELS, config)
     out = tmp_path_factory.mktemp("level")
-    save_artifact(out, result.networks, result.scaler, result.normaliser, result.threshold,
-                  CHANNELS, extra=result.artifact_meta(CHANNELS))
+    result.save(out)
     return out, result, config, values
 
 
 def test_training_keeps_the_level_of_slow_channels_that_follow_the_load(model):
     out, result, _, _ = model
-    assert list(result.slow) == [True, True, True]
-    assert list(result.level.explained) == [True, True, False]
+    assert list(result.spec.slow) == [True, True, True]
+    assert list(result.spec.level.explained) == [True, True, False]
     loaded = load_artifact(out, device="cpu").detector
-    np.testing.assert_array_equal(loaded.level.explained, result.level.explained)
+    np.testing.assert_array_equal(loaded.level.explained, result.spec.level.explained)
 
 
 def test_an_offset_on_one_load_channel_is_flagged_and_named(model):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from detector.artifact import ArtifactError, load_artifact, save_artifact
-from detector.model import LstmGanDetector, ScoreNormaliser, error
+from detector.artifact import ArtifactError, load_artifact
+from detector.term import ErrorTerm, Parts, WindowScore
 from detector.scaler import StandardScaler
 from training.trainer import TrainConfig, slow_channels, train
 
@@ -36,8 +36,7 @@ def trained(request, tmp_path_factory):
     config = TrainConfig(model=request.param, window=12, epochs=3, hidden=16, latent=8, seed=3)
     result = train(ts, values, CHANNELS, config)
     out = tmp_path_factory.mktemp(request.param)
-    save_artifact(out, result.networks, result.scaler, result.normaliser, result.threshold,
-                  CHANNELS, extra={**result.artifact_meta(CHANNELS)})
+    result.save(out)
     return out, result, config
 
 
@@ -92,10 +91,10 @@ def test_round_trip_reproduces_scores_and_metadata(trained, tmp_path):
 def test_loaded_artifact_scores_like_the_trained_detector(trained):
     """Everything scoring depends on (slow channels, input centring) travels in the artifact."""
     out, result, config = trained
-    assert result.slow.any(), "the fixture must exercise a slow channel"
+    assert result.spec.slow.any(), "the fixture must exercise a slow channel"
     fresh = result.detector(CHANNELS, "mem", device="cpu")
     loaded = load_artifact(out, device="cpu").detector
-    np.testing.assert_array_equal(loaded.slow, result.slow)
+    np.testing.assert_array_equal(loaded.spec.slow, result.spec.slow)
     _, values = normal_data(150, seed=5)
     values[100:, 2] += 3.0  # a level shift on the slow channel
     w = windows_of(values, config.window)
@@ -115,56 +114,62 @@ def test_a_stuck_channel_scores_high_and_is_named(trained):
     assert (batch.contributions.argmax(axis=1) == 0).all()
 
 
-def test_normaliser_round_trips_and_reads_artifacts_without_a_flat_term(trained):
+def test_score_round_trips_and_reads_artifacts_without_a_flat_term(trained):
     out, result, _ = trained
-    n = result.normaliser
-    assert len(n.flat_floor) == len(CHANNELS)
-    assert ScoreNormaliser.from_dict(json.loads(json.dumps(n.to_dict()))) == n
+    n = result.spec.score
+    assert len(n.flat.floor) == len(CHANNELS)
+    assert WindowScore.from_dict(json.loads(json.dumps(n.to_dict()))) == n
     legacy = {k: v for k, v in n.to_dict().items() if not k.startswith("flat_")}
-    old = ScoreNormaliser.from_dict(legacy)
-    assert old.flat_floor == () and not old.flat_terms(np.full((2, 3), -9.0)).any()
+    assert WindowScore.from_dict(legacy).flat is None
     with pytest.raises(ValueError, match="positive"):
-        ScoreNormaliser.from_dict({**n.to_dict(), "flat_scale": [0.0] * len(CHANNELS)})
+        WindowScore.from_dict({**n.to_dict(), "flat_scale": [0.0] * len(CHANNELS)})
+    with pytest.raises(ValueError, match="unknown fields"):
+        WindowScore.from_dict({**n.to_dict(), "surprise": 1.0})
 
 
 def test_channel_errors_count_relative_to_their_held_back_median(trained):
     """Calibration stores each channel's median held-back error; the score divides by it, so the
     held-back windows' mean relative error is about one per channel and no channel dominates."""
     out, result, config = trained
-    n = result.normaliser
+    n = result.spec.score.error
     detector = load_artifact(out, device="cpu").detector
     assert len(n.channel_scale) == len(CHANNELS) and min(n.channel_scale) > 0
-    rec, _, _ = detector.components(windows_of(normal_data(400, seed=0)[1][300:], config.window))
-    rel = n.relative(rec)
+    parts = detector.parts(windows_of(normal_data(400, seed=0)[1][300:], config.window))
+    rec, rel = n.error(parts), n.relative(parts)
     np.testing.assert_allclose(rel, rec / np.asarray(n.channel_scale))
     np.testing.assert_allclose(np.median(rel, axis=0), 1.0, rtol=0.1)  # about the same windows
     # without the scale (an artifact from before it existed) the raw errors count
-    plain = ScoreNormaliser.from_dict({k: v for k, v in n.to_dict().items() if k != "channel_scale"})
-    assert plain.channel_scale == () and plain.relative(rec) is rec
+    data = {k: v for k, v in result.spec.score.to_dict().items() if k != "channel_scale"}
+    plain = WindowScore.from_dict(data).error
+    assert plain.channel_scale == ()
+    np.testing.assert_array_equal(plain.relative(parts), rec)
     with pytest.raises(ValueError, match="positive"):
-        ScoreNormaliser.from_dict({**n.to_dict(), "channel_scale": [0.0] * len(CHANNELS)})
+        WindowScore.from_dict({**data, "channel_scale": [0.0] * len(CHANNELS)})
 
 
 def test_a_scale_per_channel_or_none_at_all(trained):
     _, result, _ = trained
-    wrong = dataclasses.replace(result.normaliser, channel_scale=(1.0,))
+    score = result.spec.score
+    wrong = dataclasses.replace(score, error=dataclasses.replace(score.error, channel_scale=(1.0,)))
     with pytest.raises(ValueError, match="one value per channel"):
-        LstmGanDetector(result.networks, result.scaler, wrong, CHANNELS, "v", device="cpu")
+        dataclasses.replace(result.spec, score=wrong)
 
 
 def test_channel_norm_off_scores_raw_errors():
     ts, values = normal_data(200)
     config = TrainConfig(window=8, epochs=1, hidden=8, latent=4, channel_norm=False)
-    assert train(ts, values, CHANNELS, config).normaliser.channel_scale == ()
+    assert train(ts, values, CHANNELS, config).spec.score.error.channel_scale == ()
 
 
 def test_error_weighs_sustained_offsets_by_the_window_length():
     w = 16
-    offset = torch.full((1, w, 2), 0.5)
-    offset[0, :, 1] = torch.tensor([0.5, -0.5] * (w // 2))  # same energy, no sustained offset
-    plain, weighted = error(offset, 0.0), error(offset, 1.0)
-    torch.testing.assert_close(plain, torch.tensor([[0.25, 0.25]]))
-    torch.testing.assert_close(weighted, torch.tensor([[0.25 + w * 0.25, 0.25]]))
+    offset = np.full((1, w, 2), 0.5)
+    offset[0, :, 1] = [0.5, -0.5] * (w // 2)  # same energy, no sustained offset
+    parts = Parts(w, (offset**2).mean(axis=1), offset.mean(axis=1), (offset**2).max(axis=1),
+                  np.zeros((1, 2)), None)
+    plain, weighted = ErrorTerm(0.0, 1.0).error(parts), ErrorTerm(0.0, 1.0, (), 1.0).error(parts)
+    np.testing.assert_allclose(plain, [[0.25, 0.25]])
+    np.testing.assert_allclose(weighted, [[0.25 + w * 0.25, 0.25]])
 
 
 def test_cpu_training_is_reproducible_with_a_seed():
@@ -257,10 +262,10 @@ def test_a_short_spike_scores_high_and_is_named(trained):
     """A few rows far off on one channel: the window's mean error dilutes them, the peak term
     (largest squared row residual against the held-back ceiling) does not."""
     out, result, config = trained
-    n = result.normaliser
-    assert len(n.peak_ceiling) == len(n.peak_scale) == len(CHANNELS) and min(n.peak_scale) > 0
+    n = result.spec.score
+    assert len(n.peak.ceiling) == len(n.peak.scale) == len(CHANNELS) and min(n.peak.scale) > 0
     loaded = load_artifact(out, device="cpu")
-    assert loaded.detector.normaliser == n
+    assert loaded.detector.spec.score == n
     _, values = normal_data(200, seed=7)
     w = windows_of(values, config.window)
     spiked = w.copy()
@@ -273,15 +278,14 @@ def test_a_short_spike_scores_high_and_is_named(trained):
     # zero on the held-back windows by construction (ceiling + margin), so the threshold keeps
     # its meaning; an artifact without the peak fields scores without the term
     legacy = {k: v for k, v in n.to_dict().items() if not k.startswith("peak_")}
-    old = ScoreNormaliser.from_dict(legacy)
-    assert old.peak_ceiling == () and not old.peak_terms(np.full((2, 3), 1e6)).any()
+    assert WindowScore.from_dict(legacy).peak is None
     with pytest.raises(ValueError, match="positive"):
-        ScoreNormaliser.from_dict({**n.to_dict(), "peak_scale": [0.0] * len(CHANNELS)})
+        WindowScore.from_dict({**n.to_dict(), "peak_scale": [0.0] * len(CHANNELS)})
     with pytest.raises(ValueError, match="one finite value per channel"):
-        ScoreNormaliser.from_dict({**n.to_dict(), "peak_ceiling": [0.0]})
+        WindowScore.from_dict({**n.to_dict(), "peak_ceiling": [0.0]})
 
 
 def test_peak_weight_zero_leaves_the_peak_term_out():
     ts, values = normal_data(200)
     config = TrainConfig(window=8, epochs=1, hidden=8, latent=4, peak_weight=0.0)
-    assert train(ts, values, CHANNELS, config).normaliser.peak_ceiling == ()
+    assert train(ts, values, CHANNELS, config).spec.score.peak is None

@@ -34,7 +34,7 @@ from kafka import KafkaConsumer, TopicPartition
 from connectors.embedded import free_port
 from connectors.file import Table, read_table
 from detector.alert import AlertContext, Verdict, make_alerts
-from detector.artifact import Artifact, load_artifact, save_artifact
+from detector.artifact import Artifact, load_artifact
 from detector.message import iso_ms
 from detector.offline import score_series
 from detector.stream import StreamConfig
@@ -72,9 +72,7 @@ def train_model(directory: Path, seed: int) -> Path:
         result = train(ts, values, CHANNELS, config)
     finally:
         torch.set_num_threads(threads)
-    save_artifact(directory, result.networks, result.scaler, result.normaliser, result.threshold,
-                  CHANNELS, extra={**result.artifact_meta(CHANNELS),
-                                   "timestamp_column": "timestamp"})
+    result.save(directory, {"timestamp_column": "timestamp"})
     return directory
 
 

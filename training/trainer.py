@@ -10,93 +10,55 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from detector.artifact import save_artifact
 from detector.level import LevelModel
-from detector.model import LstmGanDetector, ScoreNormaliser, prepare_windows, resolve_device
+from detector.model import LstmGanDetector, ModelSpec, resolve_device
 from detector.network import Networks, NetworkShape
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
 from detector.score import Threshold
-from detector.stream import GAP_STEPS, AdvanceStats, StreamConfig, learn_max_gap_ms
+from detector.stream import AdvanceStats, StreamConfig, learn_max_gap_ms
 from training.calibration import calibrate
+from training.config import TrainConfig
+
+__all__ = ["TrainConfig", "TrainResult", "train", "slow_channels", "make_windows", "epoch_plan"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
-    """Every training default, defined once: the CLI and the benchmark read them from here."""
-
-    model: str = "lstm-gan"
-    window: int = 32
-    epochs: int = 15  # at most; fewer when the sample budget runs out first
-    sample_budget: int = 40_000  # windows visited in all epochs together (see epoch_plan)
-    torch_threads: int = 1  # torch CPU threads while training; 0 = torch's default
-    batch_size: int = 32
-    hidden: int = 32
-    latent: int = 16
-    lr: float = 1e-3
-    n_critic: int = 1
-    gp_weight: float = 10.0
-    rec_weight: float = 10.0
-    adv_weight: float = 1.0
-    critic_weight: float = 0.25  # weight of the critic term in the score, after normalisation
-    channel_norm: bool = True  # each channel's error relative to its median held-back error
-    flat_weight: float = 1.0  # weight of the stuck-sensor term (0 turns it off)
-    peak_weight: float = 1.0  # weight of the spike term (0 turns it off)
-    peak_margin: float = float(np.log(10.0))  # only row peaks over 10 x the held-back highest count
-    bias_weight: float = 0.5  # weight of sustained offsets in the error (detector.model.error)
-    calib_fraction: float = 0.25  # last share of the training rows held back for calibration
-    threshold_margin: float = 4.5  # threshold = max held-back score + margin * their spread
-    slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
-    level_r2: float = 0.9  # slow channels the others predict this well keep a relative level
-    center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
-    # no window spans a longer gap: None learns it (GAP_STEPS median steps), 0 means never
-    max_gap_ms: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    amp: bool = True  # mixed precision on CUDA only
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
 class TrainResult:
     networks: Networks
-    scaler: StandardScaler
-    normaliser: ScoreNormaliser
+    spec: ModelSpec  # calibrated
     threshold: Threshold
-    slow: np.ndarray
-    level: LevelModel | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     train_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     calib_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     metrics: dict = field(default_factory=dict)
-    center_inputs: bool = True
     max_gap_ms: int | None = None  # the gap rule training used, stored for score and serve
     stream_stats: AdvanceStats = field(default_factory=AdvanceStats)
 
-    def artifact_meta(self, channels: list[str]) -> dict:
-        """What scoring needs besides weights, scaler and calibration, for ``save_artifact``."""
-        meta = {"slow_channels": [c for c, s in zip(channels, self.slow) if s],
-                "center_inputs": self.center_inputs, "max_gap_ms": self.max_gap_ms}
-        if self.level is not None and self.level.explained.any():
-            meta["level_model"] = self.level.to_dict()
-        return meta
-
-    def detector(self, channels: list[str], version: str = "training",
+    def detector(self, channels: list[str] | None = None, version: str = "training",
                  device: str = "cpu") -> LstmGanDetector:
-        """The trained model behind the ``Detector`` contract, exactly as a saved artifact loads."""
-        return LstmGanDetector(self.networks, self.scaler, self.normaliser, channels, version,
-                               device, slow=self.slow, center_inputs=self.center_inputs,
-                               level=self.level)
+        """The trained model behind the ``Detector`` contract, exactly as a saved artifact loads;
+        ``channels``, when given, must be the trained ones in their order."""
+        if channels is not None and list(channels) != list(self.spec.channels):
+            raise ValueError(f"channels {list(channels)} are not the model's "
+                             f"{list(self.spec.channels)}")
+        return LstmGanDetector(self.networks, self.spec, version, device)
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the artifact (``detector.artifact.save_artifact``); returns its metadata."""
+        return save_artifact(directory, self.networks, self.spec, self.threshold,
+                             {"max_gap_ms": self.max_gap_ms, **(extra or {})})
 
 
 def make_windows(ts_ms: np.ndarray, values: np.ndarray, window: int, max_gap_ms: int | None
@@ -173,11 +135,12 @@ def train(
                                          config.window))
     slow = slow_channels(values[:n_fit], config.slow_autocorr)
     level = LevelModel.fit(scaler.transform(fit_windows), slow, config.level_r2)
-    inputs, targets = prepare_windows(scaler, fit_windows, slow, config.center_inputs, level)
+    shape = NetworkShape(config.model, len(channels), config.window, config.hidden, config.latent)
+    spec = ModelSpec(channels, shape, scaler, slow, config.center_inputs, level)
+    inputs, targets = spec.prepare(fit_windows)
     in_all = torch.from_numpy(inputs).to(device)
     tgt_all = torch.from_numpy(targets).to(device)
 
-    shape = NetworkShape(config.model, len(channels), config.window, config.hidden, config.latent)
     nets = Networks(shape).to(device)
     gen_params = list(nets.encoder.parameters()) + list(nets.generator.parameters())
     opt_g = torch.optim.Adam(gen_params, lr=config.lr, betas=(0.5, 0.9))
@@ -205,13 +168,8 @@ def train(
     train_seconds = time.perf_counter() - started
 
     nets.eval()
-    detector = LstmGanDetector(
-        nets, scaler, ScoreNormaliser(0.0, 1.0, bias_weight=config.bias_weight), channels,
-        "training", device, slow=slow, center_inputs=config.center_inputs, level=level,
-    )
-    normaliser, threshold, train_scores, calib_scores = calibrate(
-        detector, fit_windows, calib_windows, config
-    )
+    score, threshold, train_scores, calib_scores = calibrate(
+        LstmGanDetector(nets, spec, "training", device), fit_windows, calib_windows, config)
     metrics = {
         "train_seconds": round(train_seconds, 3),
         "epochs": epochs, "windows_per_epoch": per_epoch, "max_gap_ms": max_gap_ms,
@@ -221,8 +179,8 @@ def train(
         "final_losses": {k: v[-1] for k, v in history.items() if v},
         "calibration_false_alarm_rate": float(np.mean(calib_scores >= threshold.value)),
     }
-    return TrainResult(nets.cpu(), scaler, normaliser, threshold, slow, level, history,
-                       train_scores, calib_scores, metrics, config.center_inputs, max_gap_ms, stats)
+    return TrainResult(nets.cpu(), spec.calibrated(score), threshold, history, train_scores,
+                       calib_scores, metrics, max_gap_ms, stats)
 
 
 def _epoch(
