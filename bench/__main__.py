@@ -1,9 +1,15 @@
 """``python -m bench``: run the benchmarks and print one JSON document.
 
-``--only skab,scoring,streaming`` picks some; ``--limit N`` uses the first N SKAB files; ``--quick``
-shrinks every benchmark to a smoke run (figures then only show that the code works);
-``--set key=value`` (repeatable) changes one ``TrainConfig`` field for the SKAB table, to check how
-the result depends on it (``--set epochs=30 --set hidden=64``).
+Quality: ``skab`` (valve1 table and the anomaly-free check), ``tep`` and ``nab``, each with
+ganwatch's ``lstm-gan`` and ``lstm-ae`` next to the reference detectors of ``bench.reference``;
+``quality`` at the top of the JSON holds one headline row per dataset x detector. Also ``load``
+(training seconds with and without a concurrent training process), ``scoring`` and ``streaming``.
+
+``--only skab,tep`` picks some; ``--limit N`` uses the first N SKAB files; ``--quick`` shrinks
+every benchmark to a smoke run (figures then only show that the code works); ``--nab-rows N`` /
+``--nab-epochs N`` limit NAB training; ``--set key=value`` (repeatable) changes one
+``TrainConfig`` field for every quality dataset, to check how the result depends on it
+(``--set epochs=30 --set hidden=64``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import logging
 import sys
 import time
 
-BENCHES = ("skab", "scoring", "streaming")
+BENCHES = ("skab", "tep", "nab", "load", "scoring", "streaming")
+QUALITY = ("skab", "tep", "nab")
+QUICK = {"epochs": 1}  # training fields a --quick run changes, unless --set gives them
+QUICK_NAB_ROWS = 1000
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -45,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {', '.join(BENCHES)}")
     parser.add_argument("--limit", type=int, default=None, help="first N SKAB files only")
     parser.add_argument("--quick", action="store_true", help="smaller, faster runs")
+    parser.add_argument("--nab-rows", type=int, default=None,
+                        help="train on the first N rows of each NAB signal (breaks the protocol)")
+    parser.add_argument("--nab-epochs", type=int, default=None, help="epochs for NAB training")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a training default for the SKAB table (repeatable)")
+                        help="override a training default for every quality dataset (repeatable)")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
@@ -61,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--limit must be at least 1, got {args.limit}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    for flag in ("nab_rows", "nab_epochs"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    training = {**(QUICK if args.quick else {}), **overrides}
+
     out: dict = {}
     for name in BENCHES:
         if name not in chosen:
@@ -70,9 +87,23 @@ def main(argv: list[str] | None = None) -> int:
             from bench import skab
 
             limit = args.limit if args.limit is not None else (2 if args.quick else None)
-            out[name] = skab.run(limit=limit, overrides=overrides)
-            if overrides:
-                out[name]["overrides"] = overrides
+            out[name] = {"valve1": skab.run(limit=limit, overrides=training),
+                         "anomaly_free": skab.run_free(overrides=training,
+                                                       count=2 if args.quick else skab.SEGMENTS)}
+        elif name == "tep":
+            from bench import tep
+
+            out[name] = tep.run(overrides=training, faults=(1, 3) if args.quick else None)
+        elif name == "nab":
+            from bench import nab
+
+            rows = args.nab_rows if args.nab_rows is not None else \
+                (QUICK_NAB_ROWS if args.quick else None)
+            out[name] = nab.run(overrides=training, max_rows=rows, epochs=args.nab_epochs)
+        elif name == "load":
+            from bench import quality, skab
+
+            out[name] = quality.train_under_load(skab.skab_files()[0], overrides=training)
         elif name == "scoring":
             from bench import scoring
 
@@ -81,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
             from bench import streaming
 
             out[name] = streaming.run(quick=args.quick)
+        if name in (*QUALITY, "load") and training:
+            out[name]["overrides"] = training
         out[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
+    if any(name in chosen for name in QUALITY):
+        from bench.quality import summary
+
+        out = {"quality": summary(out), **out}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -2,25 +2,32 @@
 
 Confusion counts are summed over files (micro average), as ../shared/datasets/skab/SOURCE.md
 prescribes. Training uses the defaults of ``ganwatch train`` (``TrainConfig()``), so a user who
-passes no hyper-parameters gets these numbers.
+passes no hyper-parameters gets these numbers. PCA T² and Q (``bench.reference``) are fitted on the
+same 400 rows.
+
+The anomaly-free check cuts ``anomaly-free/anomaly-free.csv`` into consecutive segments of 1,150
+rows, trains one model on the first 400 rows of each and scores the rest of that segment: every
+flag there is a false alarm.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from connectors.file import read_table
+from bench.quality import DATASETS, MODELS, REFERENCES, config_for, fit, flags_of, stream_for
+from bench.reference import PcaReference
 from detector.offline import score_series
-from detector.stream import DEFAULT_MAX_GAP_S, StreamConfig
 from training.evaluate import skab_summary
-from training.trainer import TrainConfig, train
+from training.trainer import TrainConfig
 
-SKAB = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "skab"
+SKAB = DATASETS / "skab"
 TRAIN_ROWS = 400
+SEGMENT_ROWS = 1150
+SEGMENTS = 8
 
 
 def skab_files(group: str = "valve1") -> list[Path]:
@@ -34,34 +41,93 @@ def run_file(path: Path, config: TrainConfig) -> dict:
     table = read_table(path, timestamp_column="datetime", label_column="anomaly",
                        exclude_columns=("changepoint",))
     ts, values = table.row_ts_ms(), table.values
-    started = time.perf_counter()
-    result = train(ts[:TRAIN_ROWS], values[:TRAIN_ROWS], table.channels, config)
-    train_s = time.perf_counter() - started
+    result, train_s = fit(ts[:TRAIN_ROWS], values[:TRAIN_ROWS], table.channels, config)
     detector = result.detector(table.channels, "bench", device="cpu")
-    stream = StreamConfig(config.window, 1, DEFAULT_MAX_GAP_S * 1000)
     started = time.perf_counter()
-    scored = score_series(detector, result.threshold, ts, values, stream)
+    scored = score_series(detector, result.threshold, ts, values, stream_for(result, config))
     score_s = time.perf_counter() - started
-    flags, labels = scored.flags[TRAIN_ROWS:], table.labels[TRAIN_ROWS:]
     return {
         "file": f"{path.parent.name}/{path.name}",
-        "tp": int(((flags == 1) & (labels == 1)).sum()),
-        "fp": int(((flags == 1) & (labels == 0)).sum()),
-        "fn": int(((flags == 0) & (labels == 1)).sum()),
-        "tn": int(((flags == 0) & (labels == 0)).sum()),
+        **confusion(flags_of(scored)[TRAIN_ROWS:], table.labels[TRAIN_ROWS:]),
         "train_seconds": round(train_s, 2),
         "windows_per_second": round(int((~np.isnan(scored.scores)).sum()) / score_s, 1),
     }
 
 
-def run(models: tuple[str, ...] = ("lstm-gan", "lstm-ae"), group: str = "valve1",
-        limit: int | None = None, overrides: dict | None = None) -> dict:
-    """The valve1 table: F1, FAR and MAR per model, with training seconds and scoring rate.
-    ``overrides`` changes ``TrainConfig`` fields (the published table uses none)."""
-    out = {}
+def confusion(flags: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    """tp/fp/fn/tn of 0/1 row flags against 0/1 labels."""
+    flags, labels = np.asarray(flags), np.asarray(labels)
+    return {"tp": int(((flags == 1) & (labels == 1)).sum()),
+            "fp": int(((flags == 1) & (labels == 0)).sum()),
+            "fn": int(((flags == 0) & (labels == 1)).sum()),
+            "tn": int(((flags == 0) & (labels == 0)).sum())}
+
+
+def reference_file(path: Path) -> dict[str, dict]:
+    """PCA T² and Q fitted on the file's first 400 rows: counts on the rest, per reference."""
+    table = read_table(path, timestamp_column="datetime", label_column="anomaly",
+                       exclude_columns=("changepoint",))
+    pca = PcaReference.fit(table.values[:TRAIN_ROWS])
+    return {name: confusion(flags[TRAIN_ROWS:], table.labels[TRAIN_ROWS:])
+            for name, flags in pca.flags(table.values).items()}
+
+
+def segments(n_rows: int, count: int = SEGMENTS, length: int = SEGMENT_ROWS) -> list[tuple[int, int]]:
+    """``count`` consecutive ``(start, stop)`` row ranges of ``length`` rows from row 0."""
+    if count * length > n_rows:
+        raise ValueError(f"{count} segments of {length} rows need {count * length} rows, "
+                         f"have {n_rows}")
+    return [(i * length, (i + 1) * length) for i in range(count)]
+
+
+def free_far(flags_per_segment: list[np.ndarray], train_rows: int = TRAIN_ROWS) -> dict:
+    """False alarms over the scored part (rows >= ``train_rows``) of each segment, summed."""
+    fp = sum(int(np.asarray(f)[train_rows:].sum()) for f in flags_per_segment)
+    rows = sum(len(np.asarray(f)[train_rows:]) for f in flags_per_segment)
+    return {"false_alarms": fp, "scored_rows": rows,
+            "far_pct": round(100.0 * fp / rows, 2) if rows else None,
+            "false_alarms_per_segment": [int(np.asarray(f)[train_rows:].sum())
+                                         for f in flags_per_segment]}
+
+
+def run_free(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
+             count: int = SEGMENTS) -> dict:
+    """The anomaly-free check for ganwatch's models and PCA T²/Q: FAR over ``count`` segments."""
+    table = read_table(SKAB / "anomaly-free" / "anomaly-free.csv", sep=";",
+                       timestamp_column="datetime")
+    ts, values = table.row_ts_ms(), table.values
+    bounds = segments(len(values), count)
+    ref: dict[str, list[np.ndarray]] = {name: [] for name in REFERENCES}
+    started = time.perf_counter()
+    for a, b in bounds:
+        for name, flags in PcaReference.fit(values[a:a + TRAIN_ROWS]).flags(values[a:b]).items():
+            ref[name].append(flags)
+    seconds = round((time.perf_counter() - started) / len(bounds), 3)
+    out: dict = {name: {**free_far(flags), "train_seconds": seconds} for name, flags in ref.items()}
     for kind in models:
-        config = replace(TrainConfig(), **(overrides or {}), model=kind, device="cpu")
-        rows = [run_file(p, config) for p in skab_files(group)[:limit]]
+        config = config_for(kind, overrides)
+        flags, seconds = [], []
+        for a, b in bounds:
+            result, train_s = fit(ts[a:a + TRAIN_ROWS], values[a:a + TRAIN_ROWS], table.channels,
+                                  config)
+            detector = result.detector(table.channels, "bench", device="cpu")
+            flags.append(flags_of(score_series(detector, result.threshold, ts[a:b], values[a:b],
+                                               stream_for(result, config))))
+            seconds.append(train_s)
+        out[kind] = {**free_far(flags), "train_seconds": round(float(np.mean(seconds)), 2)}
+    return {"segments": len(bounds), "segment_rows": SEGMENT_ROWS, "train_rows": TRAIN_ROWS, **out}
+
+
+def run(models: tuple[str, ...] = MODELS, group: str = "valve1",
+        limit: int | None = None, overrides: dict | None = None) -> dict:
+    """The valve1 table: F1, FAR and MAR per model, with training seconds and scoring rate,
+    then PCA T² and Q. ``overrides`` changes ``TrainConfig`` fields (the published table uses
+    none)."""
+    out = {}
+    files = skab_files(group)[:limit]
+    for kind in models:
+        config = config_for(kind, overrides)
+        rows = [run_file(p, config) for p in files]
         summary = skab_summary(rows)
         summary.update(
             files=len(rows),
@@ -71,4 +137,10 @@ def run(models: tuple[str, ...] = ("lstm-gan", "lstm-ae"), group: str = "valve1"
                                                               for r in rows])), 1),
         )
         out[kind] = summary
+    started = time.perf_counter()
+    refs = [reference_file(p) for p in files]
+    seconds = (time.perf_counter() - started) / len(files)
+    for name in REFERENCES:
+        out[name] = {**skab_summary([r[name] for r in refs]), "files": len(files),
+                     "train_seconds_per_file": round(seconds, 3)}
     return out

@@ -6,14 +6,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench import skab
+from bench import nab, quality, skab, tep
 from bench.scoring import N_CHANNELS, default_detector
 from training.trainer import TrainConfig
 
 
+def need(path):
+    """Skip, naming the path, when a shared dataset or tool is not checked out beside the repo."""
+    if not path.exists():
+        pytest.skip(f"needs {path}")
+    return path
+
+
 def test_the_benchmark_detector_takes_every_scoring_path():
     det = default_detector("cpu")
-    assert det.level.explained.any() and det.normaliser.flat_floor and det.normaliser.bias_weight
+    assert det.level.explained.any() and det.spec.score.flat and det.spec.score.error.bias_weight
     windows = np.random.default_rng(0).normal(size=(20, det.window, N_CHANNELS))
     windows[:5, :, 3] = 1.0  # stuck: the flat term must fire
     batch = det.score(windows)
@@ -22,6 +29,7 @@ def test_the_benchmark_detector_takes_every_scoring_path():
 
 
 def test_skab_protocol_counts_every_test_row_of_a_file():
+    need(skab.SKAB / "valve1")
     files = skab.skab_files("valve1")
     assert len(files) == 16
     table_rows = sum(1 for _ in open(files[0])) - 1
@@ -38,3 +46,107 @@ def test_overrides_are_typed_training_fields_and_refuse_anything_else():
     for bad in (["nope=1"], ["epochs"], ["epochs=x"], ["model=lstm-ae"]):
         with pytest.raises(ValueError):
             parse_overrides(bad)
+
+
+def test_tep_rates_count_normal_rows_and_fault_rows_apart():
+    normal = np.zeros(960, dtype=int)
+    normal[:31] = 1  # left out
+    normal[100:110] = 1  # 10 false alarms
+    fault1 = np.zeros(960, dtype=int)
+    fault1[150:960] = 1  # 10 false alarms before the onset, all 800 faulty rows
+    fault3 = np.zeros(960, dtype=int)
+    fault3[160:360] = 1  # 200 of 800
+    rates = tep.tep_rates(normal, {1: fault1, 3: fault3})
+    assert rates["normal_rows"] == (960 - 31) + 2 * (160 - 31)
+    assert rates["false_alarms"] == 20
+    assert rates["far_pct"] == round(100 * 20 / rates["normal_rows"], 2)
+    assert rates["fdr_pct"] == {"01": 100.0, "03": 25.0}
+    assert rates["mean_fdr_pct"] == 62.5
+    assert rates["mean_fdr_pct_without_3_9_15"] == 100.0
+
+
+def test_anomaly_free_segments_and_false_alarm_rate():
+    assert skab.segments(9405) == [(i * 1150, (i + 1) * 1150) for i in range(8)]
+    with pytest.raises(ValueError):
+        skab.segments(9000)
+    a, b = np.zeros(1150, dtype=int), np.zeros(1150, dtype=int)
+    a[:400] = 1  # training rows never count
+    a[500:505] = 1
+    b[-3:] = 1
+    far = skab.free_far([a, b])
+    assert far["scored_rows"] == 1500 and far["false_alarms"] == 8
+    assert far["far_pct"] == round(100 * 8 / 1500, 2)
+    assert far["false_alarms_per_segment"] == [5, 3]
+
+
+def test_nab_counts_one_fp_per_separate_alarm_outside_the_windows():
+    need(quality.SHARED / "tools" / "nab_eval.py")
+    t = np.arange(100, dtype=float) * 300  # 5-minute rows
+    truth = [(t[40], t[50]), (t[80], t[90])]
+    flags = np.zeros(100, dtype=int)
+    flags[[5, 10, 45, 46, 47]] = 1  # two alarms outside, one run inside the first window
+    assert nab.signal_counts(truth, t, flags) == {"tp": 1, "fp": 2, "fn": 1, "detections": 3}
+    # widened by 35 rows the runs merge into one interval reaching into the second window
+    assert nab.signal_counts(truth, t, flags, pad_rows=35) == {"tp": 2, "fp": 0, "fn": 0,
+                                                                "detections": 1}
+    total = nab.dataset_total([{"tp": 1, "fp": 2, "fn": 1}, {"tp": 0, "fp": 0, "fn": 2}])
+    assert total["f1"] == round(2 / (2 + 2 + 3), 3) and total["false_alarms_per_signal"] == 1.0
+
+
+def test_a_failed_nab_signal_counts_every_window_as_missed():
+    record = nab._failed([(0, 1), (5, 6)], RuntimeError("too few windows"))
+    agg = nab.aggregate({"s": {**record, "train_seconds": None}})
+    assert (agg["tp"], agg["fp"], agg["fn"]) == (0, 0, 2)
+    assert agg["errors"] == ["s: RuntimeError: too few windows"]
+
+
+def test_stream_rule_follows_the_trained_gap_when_the_result_has_one():
+    config = TrainConfig(max_gap_ms=5000)
+
+    class Old:
+        pass
+
+    class New:
+        max_gap_ms = 42
+
+    assert quality.stream_for(Old(), config).max_gap_ms == 5000
+    assert quality.stream_for(New(), config).max_gap_ms == 42
+
+
+def test_pca_reproduces_the_tep_reference_table_roughly():
+    need(tep.TEP / "train.csv")
+    out = tep.run(models=())["detectors"]
+    assert out["pca-t2"]["components"] == 31
+    assert abs(out["pca-t2"]["far_pct"] - 2.1) < 1.0
+    assert abs(out["pca-t2"]["mean_fdr_pct_without_3_9_15"] - 63.6) < 3
+    assert abs(out["pca-q"]["far_pct"] - 15.6) < 2
+    assert abs(out["pca-q"]["mean_fdr_pct_without_3_9_15"] - 77.9) < 3
+
+
+def test_rolling_z_reproduces_the_nab_reference_counts_roughly():
+    need(nab.NAB / "labels" / "combined_windows.json")
+    out = nab.run(models=(), signals=nab._nab_eval().DEV_DATASETS["realKnownCause"])
+    z = out["realKnownCause"]["rolling-z"]
+    assert abs(z["tp"] - 9) <= 1 and abs(z["fp"] - 138) <= 10 and z["tp"] + z["fn"] == 19
+    assert abs(z["widened_100"]["tp"] - 10) <= 1 and abs(z["widened_100"]["fp"] - 44) <= 5
+
+
+def test_quick_tep_run_prints_a_quality_row_per_detector(capsys):
+    need(tep.TEP / "train.csv")
+    import json
+
+    from bench.__main__ import main
+
+    assert main(["--only", "tep", "--quick"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = [r for r in out["quality"] if r["dataset"] == "tep"]
+    assert sorted(r["detector"] for r in rows) == ["lstm-ae", "lstm-gan", "pca-q", "pca-t2"]
+    assert all(r["far_pct"] is not None and r["train_seconds"] is not None for r in rows)
+    assert out["tep"]["overrides"] == {"epochs": 1}
+
+
+def test_unknown_benchmark_is_refused():
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--only", "nope"])
