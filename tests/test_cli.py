@@ -140,7 +140,7 @@ def test_non_increasing_timestamps_are_refused(tmp_path):
     assert proc.returncode != 0 and "increas" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
-@pytest.mark.skipif(not SKAB.exists(), reason="SKAB data lives in ../shared beside the checkout")
+@pytest.mark.skipif(not SKAB.exists(), reason=f"benchmark data missing: {SKAB}")
 def test_train_and_evaluate_on_a_skab_file(tmp_path, capsys):
     out = tmp_path / "skab"
     assert main(["train", "--data", str(SKAB), "--out", str(out), "--timestamp-column",
