@@ -350,13 +350,21 @@ def _choices(name: str) -> list[str] | None:
     return None
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every setting as a flag with default None (unset), so env and config file can fill it."""
-    parser.add_argument("--config", default=None, metavar="PATH",
-                        help=f"YAML or JSON file of settings (env {CONFIG_ENV})")
+def add_serve_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None
+                        ) -> None:
+    """Every setting (or those in ``names``) as a flag with default None (unset), so env and config
+    file can fill it; the help shows the setting's own default."""
+    if names is None:
+        parser.add_argument("--config", default=None, metavar="PATH",
+                            help=f"YAML or JSON file of settings (default unset; env {CONFIG_ENV})")
     for name, info in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
         choices = _choices(name)
-        kwargs: dict[str, Any] = {"dest": name, "help": f"{info.description} (env {env_of(name)})"}
+        default = _default_text(name).strip("`")
+        default = default if default == "required" else f"default {default}"
+        help_text = f"{info.description} ({default}; env {env_of(name)})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text}
         if name == "log_level":
             # the top-level parser owns --log-level; SUPPRESS keeps its value when serve omits it
             kwargs["default"] = argparse.SUPPRESS
@@ -367,6 +375,39 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "input_topics":
             kwargs.update(action="append", metavar="TOPIC")
         parser.add_argument(flag_of(name), **kwargs)
+
+
+KAFKA_SECURITY = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+                  "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
+
+def kafka_security(settings: Settings) -> dict[str, Any]:
+    """kafka-python's security keyword arguments for ``settings`` (serve and replay alike)."""
+    from connectors.kafka import security_config
+
+    return security_config(
+        settings.security_protocol, sasl_mechanism=settings.sasl_mechanism,
+        username=settings.sasl_username,
+        password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
+        ssl_cafile=settings.ssl_cafile, ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+    )
+
+
+def load_kafka_security(cli: Mapping[str, Any], env: Mapping[str, str], bootstrap_servers: str
+                        ) -> dict[str, Any]:
+    """The Kafka security of a producer that is not ``serve`` (``replay``): the same flags,
+    ``GANWATCH_*`` variables and checks as ``serve``'s, through ``Settings`` itself. Only the
+    security settings and ``bootstrap_servers`` are read; the other required settings get
+    stand-ins that are never used."""
+    env_names = {env_of(n) for n in KAFKA_SECURITY}
+    stand_ins = {"model": "-", "input_topics": ["ganwatch.readings"],
+                 "alerts_topic": "ganwatch.alerts", "dead_letter_topic": "ganwatch.dead-letter",
+                 "redis_url": "redis://localhost"}
+    chosen = {k: v for k, v in cli.items() if k in KAFKA_SECURITY}
+    settings = Settings.load({**stand_ins, **chosen, "bootstrap_servers": bootstrap_servers},
+                             {k: v for k, v in env.items() if k in env_names})
+    return kafka_security(settings)
 
 
 def _default_text(name: str) -> str:
