@@ -28,7 +28,8 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", required=True, help="input topic of the worker")
     p.add_argument("--entity", required=True, help="entity name (message key and 'entity' field)")
     p.add_argument("--timestamp-column", default=None,
-                   help="timestamp column; without it readings are stamped 1 s apart from now")
+                   help="timestamp column (default: none, and readings are stamped 1 s apart "
+                        "from now)")
     p.add_argument("--channels", default=None,
                    help="comma-separated channel columns (default: every numeric column)")
     p.add_argument("--exclude-columns", default=None,
