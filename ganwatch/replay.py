@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from detector.message import iso_ms
-from ganwatch.settings import KAFKA_SECURITY, add_serve_arguments, load_kafka_security
+from ganwatch.security import KAFKA_SECURITY, load_kafka_security
+from ganwatch.settings import add_serve_arguments
 
 if TYPE_CHECKING:
     from connectors.file import Table

@@ -21,7 +21,8 @@ from detector.score import Detector, Threshold
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig, describe
 from ganwatch.runtime import apply_torch_threads, configure_logging, restore_torch_threads, tune_gc
-from ganwatch.settings import Settings, kafka_security
+from ganwatch.security import kafka_security
+from ganwatch.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.prometheus import HealthServer

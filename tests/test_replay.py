@@ -10,7 +10,8 @@ import pytest
 
 from ganwatch import replay
 from ganwatch.cli import main
-from ganwatch.settings import Settings, kafka_security
+from ganwatch.security import kafka_security
+from ganwatch.settings import Settings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "sample" / "pump-1.csv"
 BASE = ["replay", "--data", str(SAMPLE), "--bootstrap-servers", "broker:9093",
