@@ -12,6 +12,7 @@ Every problem with a file is a ``DataError`` with a one-line message naming file
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -129,6 +130,9 @@ def _read_frame(path: Path, sep: str | None, ts_col: str | None) -> pd.DataFrame
                         f".txt, .parquet or .pq")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    if suffix in PARQUET_SUFFIXES and importlib.util.find_spec("pyarrow") is None:
+        raise DataError(f"{path}: reading Parquet needs the parquet extra: "
+                        f"pip install 'ganwatch[parquet]'")
     try:
         if suffix in PARQUET_SUFFIXES:
             return pd.read_parquet(path)

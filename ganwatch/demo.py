@@ -19,16 +19,20 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from connectors.file import Table, read_table
 from detector.stream import DEFAULT_MAX_GAP_S
 from ganwatch import demo_report as report
 from ganwatch import demo_stream as live
 from ganwatch.demo_stream import say
-from training.trainer import TrainConfig, TrainResult
+from ganwatch.extra import require
+from training.config import TrainConfig
+
+if TYPE_CHECKING:  # pandas and torch: imported when the demo runs, not for `demo --help`
+    from connectors.file import Table
+    from training.trainer import TrainResult
 
 TOPICS = {"input": "ganwatch.readings", "alerts": "ganwatch.alerts",
           "dead_letter": "ganwatch.dead-letter", "scores": "ganwatch.scores"}
@@ -45,14 +49,16 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=int, default=DEFAULT_ROWS,
                    help=f"readings per pump, 1 s apart, a simulated day being 1/{DAYS} of them "
                         f"(default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and the training")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the simulation and the training (default %(default)s)")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default %(default)s)")
     p.add_argument("--out", default="demo-out", help="output directory: model, data, report (default %(default)s)")
     p.add_argument("--speedup", type=float, default=DEFAULT_SPEEDUP,
                    help="replay X times faster than the readings' timing, 0 = as fast as "
                         "possible (default %(default)s)")
     p.add_argument("--keep-running", action="store_true",
-                   help="leave broker, Redis and worker up afterwards, until Ctrl-C")
+                   help="leave broker, Redis and worker up afterwards, until Ctrl-C "
+                        "(default: stop at the end)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -81,6 +87,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     opts = DemoOptions(args.entities, args.rows, args.seed, args.epochs, args.out, args.speedup,
                        args.keep_running)
     opts.check()
+    require("ganwatch demo", "embedded", "plots")
     run_demo(opts)
     return 0
 
@@ -96,6 +103,7 @@ class Scenario:
 
 
 def simulate_pumps(opts: DemoOptions, directory: Path) -> Scenario:
+    from connectors.file import read_table
     from ganwatch.simulator import simulate, write_csv
 
     names = [f"pump-{i + 1}" for i in range(opts.entities)]

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from detector.alert import ANOMALY, ANOMALY_END, ANOMALY_START
 
@@ -159,6 +157,9 @@ def plot_demo_report(
     threshold, injected faults shaded and alerts marked. ``series`` and ``scores`` map an entity to
     (ts_ms, values) and (ts_ms, scores)."""
     entities = list(series)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # the plots extra, only here
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(13, 4.6 * len(entities) + 0.6), dpi=100, layout="constrained")
     axes = fig.subplots(2 * len(entities), 1, squeeze=False,
                         height_ratios=[2.6, 1.6] * len(entities))[:, 0]

@@ -13,13 +13,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from connectors.file import Table
 from ganwatch import demo_report as report
 from ganwatch.replay import messages
+
+if TYPE_CHECKING:
+    from connectors.file import Table
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ def say(text: str = "") -> None:
 
 def rows_from(table: Table, start: int) -> Table:
     """The rows of ``table`` from ``start`` on."""
+    from connectors.file import Table
+
     return Table(table.channels, table.values[start:], table.ts_ms[start:],
                  list(table.timestamps[start:]), None, len(table.values) - start, table.source)
 

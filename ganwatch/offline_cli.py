@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.file import DataError, read_table, write_episodes_csv, write_scores_csv
-from detector.artifact import load_artifact
 from detector.alert import ALERT_MODES, DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS, EPISODE
-from detector.offline import episode_rows, score_series, series_alerts
 from detector.stream import GAP_STEPS, StreamConfig
-from training.evaluate import evaluate
-from training.trainer import TrainConfig, train
+from ganwatch.extra import installed, require
+from training.config import TrainConfig
+
+# pandas (connectors.file), torch (detector.artifact, training.trainer) and matplotlib
+# (training.report) are imported inside the commands: `ganwatch train --help` needs none of them
 
 log = logging.getLogger("ganwatch")
 DEFAULTS = TrainConfig()
@@ -26,11 +26,15 @@ DEFAULTS = TrainConfig()
 def add_data_arguments(p: argparse.ArgumentParser, channels: bool = True) -> None:
     p.add_argument("--data", required=True, help="CSV (any delimiter) or Parquet file")
     p.add_argument("--sep", default=None, help="CSV delimiter (default: detected from the header)")
-    p.add_argument("--timestamp-column", default=None, help="timestamp column (ISO-8601 or epoch)")
+    p.add_argument("--timestamp-column", default=None,
+                   help="timestamp column, ISO-8601 or epoch (default: none; score and evaluate: "
+                        "the model's)")
     if channels:
-        p.add_argument("--channels", default=None, help="comma-separated channel columns")
+        p.add_argument("--channels", default=None,
+                       help="comma-separated channel columns (default: every numeric column)")
         p.add_argument("--exclude-columns", default=None,
-                       help="comma-separated columns to leave out when channels are not given")
+                       help="comma-separated columns to leave out when channels are not given "
+                            "(default: none)")
 
 
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,16 +60,27 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit a model on normal readings and write an artifact")
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="artifact directory to write")
-    p.add_argument("--train-rows", type=int, default=None, help="train on the first N rows only")
-    p.add_argument("--window", type=int, default=DEFAULTS.window)
-    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    p.add_argument("--model", choices=["lstm-gan", "lstm-ae"], default=DEFAULTS.model)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device)
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--hidden", type=int, default=DEFAULTS.hidden)
-    p.add_argument("--latent", type=int, default=DEFAULTS.latent)
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--train-rows", type=int, default=None,
+                   help="train on the first N rows only (default: all rows)")
+    p.add_argument("--window", type=int, default=DEFAULTS.window,
+                   help="readings per window (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
+                   help="passes over the training windows (default %(default)s)")
+    p.add_argument("--model", choices=["lstm-gan", "lstm-ae"], default=DEFAULTS.model,
+                   help="lstm-gan, or lstm-ae: the same networks without critics "
+                        "(default %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=DEFAULTS.device,
+                   help="auto picks CUDA when present (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                   help="seed of the weights and batches (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help="windows per training step (default %(default)s)")
+    p.add_argument("--hidden", type=int, default=DEFAULTS.hidden,
+                   help="LSTM hidden units (default %(default)s)")
+    p.add_argument("--latent", type=int, default=DEFAULTS.latent,
+                   help="size of the latent code z (default %(default)s)")
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr,
+                   help="Adam learning rate (default %(default)s)")
     p.add_argument("--max-gap-s", type=float, default=None,
                    help=f"no window spans a gap longer than this (default: {GAP_STEPS} times the "
                         f"data's median step; 0 = never); stored in the model for `ganwatch "
@@ -81,7 +96,8 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"threshold = highest held-back score + this many robust spreads of "
                         f"them (default {DEFAULTS.threshold_margin:g}); lower flags weaker faults "
                         f"and raises false alarms")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on a terminal, log lines otherwise)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("score", help="score a file with a trained model")
@@ -90,12 +106,13 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     add_stream_arguments(p)
     p.add_argument("--out", required=True, help="CSV to write: timestamp,score,is_anomaly")
     p.add_argument("--contributions", action="store_true",
-                   help="add one contrib_<channel> column per channel")
+                   help="add one contrib_<channel> column per channel (default: off)")
     add_alert_arguments(p)
     p.add_argument("--episodes", default=None, metavar="PATH",
                    help="also write one CSV row per episode: start, end, peak score and time, top "
-                        "channels (episode mode)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+                        "channels (default: none; episode mode)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="torch device for scoring (default %(default)s)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("evaluate", help="score a labelled file and print metrics as JSON")
@@ -104,10 +121,14 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     add_stream_arguments(p)
     p.add_argument("--label-column", required=True, help="0/1 column marking anomalous rows")
     p.add_argument("--from-row", type=int, default=0,
-                   help="evaluate rows from this one on (e.g. after the training rows)")
+                   help="evaluate rows from this one on, e.g. after the training rows "
+                        "(default %(default)s)")
     add_alert_arguments(p)
-    p.add_argument("--plot", default=None, help="PNG with channels, score, threshold, anomalies")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--plot", default=None,
+                   help="PNG with channels, score, threshold, anomalies (default: none; needs "
+                        "the plots extra)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="torch device for scoring (default %(default)s)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -116,11 +137,16 @@ def split_names(text: str | None) -> list[str] | None:
 
 
 def positive(name: str, value: float | None) -> None:
+    from connectors.file import DataError
+
     if value is not None and value <= 0:
         raise DataError(f"{name} must be positive, got {value}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from connectors.file import DataError, read_table
+    from training.trainer import train
+
     for name in ("--window", "--epochs", "--batch-size", "--hidden", "--latent", "--lr"):
         positive(name, getattr(args, name[2:].replace("-", "_")))
     positive("--train-rows", args.train_rows)
@@ -160,11 +186,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "fingerprint": fingerprint(ts_ms, values)},
         "training_metrics": result.metrics,
     })
-    from training.report import plot_training_report
+    report: Path | None = Path(args.out) / "report.png"
+    if installed("plots"):
+        from training.report import plot_training_report
 
-    report = Path(args.out) / "report.png"
-    plot_training_report(report, result.history, result.train_scores, result.calib_scores,
-                         result.threshold.value)
+        plot_training_report(report, result.history, result.train_scores, result.calib_scores,
+                             result.threshold.value)
+    else:
+        log.info("no report.png: plotting needs the plots extra (pip install 'ganwatch[plots]')")
+        report = None
     summary = {
         "model": str(args.out), "model_version": meta["model_version"], "kind": config.model,
         "channels": table.channels, "slow_channels": meta["slow_channels"], "rows": rows,
@@ -173,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "max_gap_s": None if result.max_gap_ms is None else result.max_gap_ms / 1000,
         "skipped_rows": result.metrics["skipped_rows"],
         "calibration_false_alarm_rate": round(result.metrics["calibration_false_alarm_rate"], 4),
-        "report": str(report),
+        "report": str(report) if report else None,
     }
     print(json.dumps(summary, indent=2))
     return 0
@@ -207,6 +237,10 @@ def fingerprint(ts_ms: np.ndarray, values: np.ndarray) -> str:
 
 def load_scored(args: argparse.Namespace, label_column: str | None = None):
     """Load the model and the file with the model's channels; score every row."""
+    from connectors.file import DataError, read_table
+    from detector.artifact import load_artifact
+    from detector.offline import score_series, series_alerts
+
     if args.stride < 1:
         raise DataError(f"--stride must be at least 1, got {args.stride}")
     check_max_gap(args.max_gap_s)
@@ -233,11 +267,16 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
 
 
 def check_max_gap(max_gap_s: float | None) -> None:
+    from connectors.file import DataError
+
     if max_gap_s is not None and not max_gap_s >= 0:
         raise DataError(f"--max-gap-s must be 0 (never) or positive, got {max_gap_s}")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from connectors.file import DataError, write_episodes_csv, write_scores_csv
+    from detector.offline import episode_rows
+
     if args.episodes and args.alert_mode != EPISODE:
         raise DataError("--episodes needs --alert-mode episode")
     artifact, table, scored, alerts = load_scored(args)
@@ -256,6 +295,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    if args.plot:
+        require("--plot", "plots")  # before the scoring, not after it
     artifact, table, scored, alerts = load_scored(args, label_column=args.label_column)
     part = slice(args.from_row, None)
     result = evaluate(table.labels[part], alerts.flags[part], scored.scores[part],

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from connectors.file import DataError, Table, read_table
 from detector.message import iso_ms
+from ganwatch.security import KAFKA_SECURITY, load_kafka_security
+from ganwatch.settings import add_serve_arguments
+
+if TYPE_CHECKING:
+    from connectors.file import Table
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +29,27 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topic", required=True, help="input topic of the worker")
     p.add_argument("--entity", required=True, help="entity name (message key and 'entity' field)")
     p.add_argument("--timestamp-column", default=None,
-                   help="timestamp column; without it readings are stamped 1 s apart from now")
-    p.add_argument("--channels", default=None, help="comma-separated channel columns")
-    p.add_argument("--exclude-columns", default=None, help="columns to leave out")
+                   help="timestamp column (default: none, and readings are stamped 1 s apart "
+                        "from now)")
+    p.add_argument("--channels", default=None,
+                   help="comma-separated channel columns (default: every numeric column)")
+    p.add_argument("--exclude-columns", default=None,
+                   help="comma-separated columns to leave out (default: none)")
     p.add_argument("--sep", default=None, help="CSV delimiter (default: detected)")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=None, help="readings per second")
+    pace.add_argument("--rate", type=float, default=None,
+                      help="readings per second (default: as fast as possible)")
     pace.add_argument("--speedup", type=float, default=None,
-                      help="replay the file's own timing X times faster (needs timestamps)")
+                      help="replay the file's own timing X times faster, needs timestamps "
+                           "(default: as fast as possible)")
     p.add_argument("--ts-format", choices=["iso", "epoch-ms"], default="iso",
-                   help="how 'ts' is written (the worker reads both)")
-    p.add_argument("--limit", type=int, default=None, help="publish at most N readings")
-    p.add_argument("--no-progress", action="store_true")
+                   help="how 'ts' is written, the worker reads both (default %(default)s)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="publish at most N readings (default: the whole file)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on a terminal)")
+    # the same flags, GANWATCH_* variables and checks as `ganwatch serve`
+    add_serve_arguments(p.add_argument_group("Kafka security (as serve)"), KAFKA_SECURITY)
     p.set_defaults(func=cmd_replay)
 
 
@@ -97,19 +111,22 @@ def publish(
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from connectors.file import DataError, read_table
+
     if args.rate is not None and args.rate <= 0:
         raise DataError(f"--rate must be positive, got {args.rate}")
     if args.speedup is not None and args.speedup <= 0:
         raise DataError(f"--speedup must be positive, got {args.speedup}")
     if args.speedup is not None and args.timestamp_column is None:
         raise DataError("--speedup replays the file's own timing: give --timestamp-column")
+    security = load_kafka_security(vars(args), os.environ, args.bootstrap_servers)
     split = (lambda s: [c.strip() for c in s.split(",") if c.strip()] if s else None)
     table = read_table(args.data, sep=args.sep, timestamp_column=args.timestamp_column,
                        channels=split(args.channels),
                        exclude_columns=split(args.exclude_columns) or ())
     sent = publish(table, args.entity, args.bootstrap_servers, args.topic, rate=args.rate,
                    speedup=args.speedup, ts_format=args.ts_format, limit=args.limit,
-                   progress=not args.no_progress and sys.stderr.isatty())
+                   progress=not args.no_progress and sys.stderr.isatty(), security=security)
     print(json.dumps({"topic": args.topic, "entity": args.entity, "published": sent,
                       "channels": table.channels}))
     return 0

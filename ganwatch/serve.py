@@ -21,7 +21,8 @@ from detector.score import Detector, Threshold
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig, describe
 from ganwatch.runtime import apply_torch_threads, configure_logging, restore_torch_threads, tune_gc
-from ganwatch.settings import Settings, add_serve_arguments
+from ganwatch.security import kafka_security
+from ganwatch.settings import Settings
 
 if TYPE_CHECKING:
     from connectors.prometheus import HealthServer
@@ -31,12 +32,6 @@ log = logging.getLogger(__name__)
 
 class StartupError(ValueError):
     """A server named in the settings cannot be reached or bound (one line, exit status 2)."""
-
-
-def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="consume readings from Kafka and publish alerts")
-    add_serve_arguments(p)
-    p.set_defaults(func=cmd_serve)
 
 
 def state_namespace(channels: list[str], window: int) -> str:
@@ -104,7 +99,7 @@ def build_worker(settings: Settings, stop: threading.Event) -> Running:
 
 
 def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack) -> Running:
-    from connectors.kafka import KafkaSink, KafkaSource, security_config
+    from connectors.kafka import KafkaSink, KafkaSource
     from connectors.prometheus import HealthServer, PrometheusMetrics
     from connectors.redis_store import RedisStateStore, redis_client_from_url
     from kafka.errors import KafkaError
@@ -129,13 +124,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
                                settings.torch_threads), artifact.threshold
 
     channels, window = list(first.detector.channels), first.detector.window
-    security = security_config(
-        settings.security_protocol, sasl_mechanism=settings.sasl_mechanism,
-        username=settings.sasl_username,
-        password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
-        ssl_cafile=settings.ssl_cafile, ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-    )
+    security = kafka_security(settings)
     compression = None if settings.compression_type == "none" else settings.compression_type
     try:
         source = KafkaSource(

@@ -353,13 +353,21 @@ def _choices(name: str) -> list[str] | None:
     return None
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every setting as a flag with default None (unset), so env and config file can fill it."""
-    parser.add_argument("--config", default=None, metavar="PATH",
-                        help=f"YAML or JSON file of settings (env {CONFIG_ENV})")
+def add_serve_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None
+                        ) -> None:
+    """Every setting (or those in ``names``) as a flag with default None (unset), so env and config
+    file can fill it; the help shows the setting's own default."""
+    if names is None:
+        parser.add_argument("--config", default=None, metavar="PATH",
+                            help=f"YAML or JSON file of settings (default unset; env {CONFIG_ENV})")
     for name, info in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
         choices = _choices(name)
-        kwargs: dict[str, Any] = {"dest": name, "help": f"{info.description} (env {env_of(name)})"}
+        default = _default_text(name).strip("`")
+        default = default if default == "required" else f"default {default}"
+        help_text = f"{info.description} ({default}; env {env_of(name)})".replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": name, "help": help_text}
         if name == "log_level":
             # the top-level parser owns --log-level; SUPPRESS keeps its value when serve omits it
             kwargs["default"] = argparse.SUPPRESS

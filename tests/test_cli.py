@@ -214,7 +214,7 @@ def test_a_gap_rule_that_splits_every_step_names_the_flag(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not SKAB.exists(), reason="SKAB data lives in ../shared beside the checkout")
+@pytest.mark.skipif(not SKAB.exists(), reason=f"benchmark data missing: {SKAB}")
 def test_train_and_evaluate_on_a_skab_file(tmp_path, capsys):
     out = tmp_path / "skab"
     assert main(["train", "--data", str(SKAB), "--out", str(out), "--timestamp-column",

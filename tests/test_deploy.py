@@ -256,6 +256,10 @@ def test_dockerfile():
     assert "--index-url https://download.pytorch.org/whl/${TORCH_VARIANT}" in text
     pin = re.search(r"^torch==(\S+)", (ROOT / "requirements-test.txt").read_text(), re.M).group(1)
     assert re.search(rf"^ARG TORCH_VERSION={re.escape(pin)}$", text, re.M)
+    # a worker image: none of the plotting, Parquet or embedded-server extras
+    (extras,) = re.findall(r"^ARG EXTRAS=(\S+)$", text, re.M)
+    assert 'pip install --constraint requirements-test.txt ".[${EXTRAS}]"' in text
+    assert set(extras.split(",")) == {"fast"}
     for line in re.findall(r"^COPY (.+) \S+$", text, re.M):
         for source in shlex.split(line):
             assert (ROOT / source).exists(), f"COPY source {source} missing from the repository"
@@ -307,6 +311,26 @@ def test_artifact_volume_is_shared_between_training_and_workers():
     (train,) = pod(TRAIN_JOB)["containers"]
     assert option(container_args(train), "--out") == CONFIG["GANWATCH_MODEL"]
     assert option(container_args(train), "--data").startswith(mounts["Job"]["mountPath"] + "/")
+
+
+def test_training_data_reaches_the_artifact_volume_through_the_job():
+    """The workers mount the volume read-only, so the Job's init container receives the file: it
+    waits for data/incoming/train.csv, moves it to train's --data, and the README sends it there."""
+    spec = pod(TRAIN_JOB)
+    (volume,) = [v["name"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+    (init,) = spec["initContainers"]
+    (mount,) = [m for m in init["volumeMounts"] if m["name"] == volume]
+    assert not mount.get("readOnly") and init["image"] == pod(TRAIN_JOB)["containers"][0]["image"]
+    script = init["args"][0]
+    data = option(container_args(spec["containers"][0]), "--data")
+    incoming = f"{mount['mountPath']}/data/incoming/train.csv"
+    assert f"until [ -f {incoming} ]" in script and f"mv {incoming} {data}" in script
+    readme = (ROOT / "README.md").read_text()
+    step = re.search(r"^7\. \*\*Deploy\*\*(.*?)^8\. ", readme, re.M | re.S).group(1)
+    assert f"-c {init['name']} --" in step and "job-name=ganwatch-train" in step
+    # the file appears whole: written under another name, then renamed to the awaited one
+    assert re.search(rf"cat > (\S+) && mv \1 {re.escape(incoming)}'", step)
+    assert TRAIN_JOB["spec"]["activeDeadlineSeconds"] > 0
 
 
 def test_keda_scales_on_the_worker_group_within_the_partition_count():

@@ -53,6 +53,7 @@ def test_explicit_sep_wins(tmp_path: Path) -> None:
     assert table.channels == ["a;x", "b"]
 
 
+@pytest.mark.skipif(not SKAB_FILE.exists(), reason=f"benchmark data missing: {SKAB_FILE}")
 def test_skab_file_reads_eight_channels_with_increasing_time() -> None:
     table = read_table(SKAB_FILE, timestamp_column="datetime", label_column="anomaly",
                        exclude_columns=("changepoint",))

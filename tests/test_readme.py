@@ -1,5 +1,6 @@
 """The README stays true: its settings table is the generated one, and its commands parse."""
 
+import math
 import re
 import shlex
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 
 from ganwatch.cli import build_parser
 from ganwatch.settings import settings_reference_markdown
+from training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -48,3 +50,50 @@ def test_every_make_target_in_the_readme_exists():
     targets = set(re.findall(r"^([a-z]+):", (ROOT / "Makefile").read_text(), flags=re.M))
     used = set(re.findall(r"(?:^|`)make ([a-z]+)", README, flags=re.M))
     assert used and used <= targets, f"README names make targets {used - targets} the Makefile lacks"
+
+
+# Every training default the README quotes, read back from its text: (pattern, TrainConfig field,
+# how the README writes the value). Each pattern must occur, and every occurrence must agree.
+TRAINING_DEFAULTS = [
+    (r"\*\*Defaults\*\* are defined once.*?window (\d+),", "window", None),
+    (r"window \d+, (\d+) epochs", "epochs", None),
+    (r"epochs, batch (\d+)", "batch_size", None),
+    (r"batch \d+, hidden (\d+)", "hidden", None),
+    (r"hidden \d+, latent (\d+)", "latent", None),
+    (r"learning rate ([\d.e-]+), seed", "lr", None),
+    (r"learning rate [\d.e-]+, seed (\d+)", "seed", None),
+    (r"gradient penalty \(weight ([\d.]+)\)", "gp_weight", None),
+    (r"reconstruction loss \(weight ([\d.]+)\)", "rec_weight", None),
+    (r"fitted on the first ([\d.]+) % of the training rows", "calib_fraction",
+     lambda f: 100 * (1 - f)),
+    (r"ending in the last\s+([\d.]+) % are held back", "calib_fraction", lambda f: 100 * f),
+    (r"autocorrelation exceeds ([\d.]+) are \*slow\*", "slow_autocorr", None),
+    (r"at least ([\d.]+) \(`level_r2`\)", "level_r2", None),
+    (r"`bias_weight` ([\d.]+)\.", "bias_weight", None),
+    (r"`critic_weight` ([\d.]+)", "critic_weight", None),
+    (r"\(`flat_weight` ([\d.]+)\)", "flat_weight", None),
+    (r"\(`peak_weight` ([\d.]+)\)", "peak_weight", None),
+    (r"\(`peak_margin` = ln (\d+)\)", "peak_margin", math.exp),
+    (r"plus ([\d.]+) × the\s+robust spread", "threshold_margin", None),
+    (r"`--threshold-margin`, default ([\d.]+)", "threshold_margin", None),
+    (r"a threshold margin of ([\d.]*\d)", "threshold_margin", None),
+    (r"on by default: `(channel_norm)`", "channel_norm", lambda on: "channel_norm" if on else None),
+]
+
+
+@pytest.mark.parametrize("pattern, field, shown", TRAINING_DEFAULTS,
+                         ids=[f"{f}-{i}" for i, (_, f, _) in enumerate(TRAINING_DEFAULTS)])
+def test_training_defaults_in_the_readme_are_train_config(pattern, field, shown):
+    found = re.findall(pattern, README, flags=re.S)
+    assert found, f"README no longer quotes {field} as /{pattern}/"
+    value = getattr(TrainConfig(), field)
+    want = shown(value) if shown else value
+    for text in found:
+        got = text if isinstance(want, str) else float(text)
+        assert got == pytest.approx(want), f"README says {field} is {text}, TrainConfig {value}"
+
+
+def test_the_anomaly_free_false_alarm_figures_appear_once():
+    """One measurement, one figure: the README quoted 16.5 % and 16.6 % for the same run."""
+    (figure,) = re.findall(r"false alarms on (\d+\.\d) % of its normal", README)
+    assert README.count(f"{figure} %") == 1 and README.count("40.1 %") == 1

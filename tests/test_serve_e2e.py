@@ -40,6 +40,7 @@ from detector.offline import score_series
 from detector.stream import StreamConfig
 from ganwatch import cli
 from ganwatch.replay import publish
+from tests.contract import TOPIC_SCHEMA, check
 from training.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,9 +140,11 @@ def wait_until(check: Callable[[], bool], what: str, *procs: "Serve", timeout_s:
 
 
 class TopicReader:
-    """A whole one-partition topic from the beginning: no group, assign + seek_to_beginning."""
+    """A whole one-partition topic from the beginning: no group, assign + seek_to_beginning.
+    Every record read must satisfy ``schema`` (``ganwatch schema NAME``)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, schema: str) -> None:
+        self.schema = schema
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                        enable_auto_commit=False, fetch_max_wait_ms=100)
         tp = TopicPartition(topic, 0)
@@ -152,7 +155,7 @@ class TopicReader:
     def poll(self) -> list[dict]:
         for batch in self._consumer.poll(timeout_ms=200).values():
             self.records.extend(batch)
-        return [json.loads(r.value) for r in self.records]
+        return [check(json.loads(r.value), self.schema) for r in self.records]
 
     def settle(self) -> list[dict]:
         for _ in range(5):  # anything extra (a duplicate) would show up now
@@ -223,7 +226,7 @@ class Rig:
         return serve
 
     def reader(self, name: str) -> TopicReader:
-        self.readers.append(TopicReader(self.bootstrap, self.topics[name]))
+        self.readers.append(TopicReader(self.bootstrap, self.topics[name], TOPIC_SCHEMA[name]))
         return self.readers[-1]
 
     def publish(self, table: Table, **kw) -> int:

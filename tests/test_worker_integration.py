@@ -29,6 +29,7 @@ from detector.message import ParsedReading, parse_reading
 from detector.protocol import Message
 from detector.stream import StreamConfig
 from detector.worker import Worker, WorkerConfig
+from tests.contract import check
 from tests.test_worker import CHANNELS, T0, THRESHOLD, W, messages, scenario, zscore
 
 WAIT_S = 60
@@ -53,9 +54,11 @@ def produce(bootstrap: str, topic: str, msgs: list[Message], partition_of=lambda
 
 
 class TopicReader:
-    """Reads a whole topic from the beginning, without a group."""
+    """Reads a whole topic from the beginning, without a group; every record read must satisfy
+    ``schema`` (``ganwatch schema NAME``)."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int = 1) -> None:
+    def __init__(self, bootstrap: str, topic: str, schema: str, partitions: int = 1) -> None:
+        self.schema = schema
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                        auto_offset_reset="earliest", fetch_max_wait_ms=100)
         self._consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
@@ -67,7 +70,7 @@ class TopicReader:
         return self.records
 
     def json(self) -> list[dict]:
-        return [json.loads(r.value) for r in self.records]
+        return [check(json.loads(r.value), self.schema) for r in self.records]
 
     def wait_for(self, n: int, what: str) -> list[dict]:
         wait_until(lambda: len(self.poll()) >= n, f"{n} records of {what}")
@@ -133,8 +136,8 @@ def test_replay_publishes_alerts_and_dead_letters(kafka_bootstrap, topic_factory
     readings = topic_factory()
     junk = messages([b"\xffnot json", b'{"entity": "e1", "ts": "soon", "values": {"a": 1}}'])
     produce(kafka_bootstrap, readings, scenario()[:30] + junk + scenario()[30:])
-    alerts_reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
-    dead_reader = TopicReader(kafka_bootstrap, rig.topics["dead"])
+    alerts_reader = TopicReader(kafka_bootstrap, rig.topics["alerts"], "alert")
+    dead_reader = TopicReader(kafka_bootstrap, rig.topics["dead"], "dead-letter")
     worker = rig(readings)
     with Running(worker):
         got = alerts_reader.wait_for(4, "alerts")
@@ -158,7 +161,7 @@ def test_a_new_worker_in_the_group_resumes_without_losing_alerts(kafka_bootstrap
     readings = topic_factory()
     msgs = scenario()
     produce(kafka_bootstrap, readings, msgs[:36])  # up to t=11: e1's episode is open
-    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
+    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"], "alert")
     first = rig(readings)
     with Running(first):
         reader.wait_for(1, "the first alert")
@@ -181,7 +184,7 @@ def test_two_workers_share_a_two_partition_topic(kafka_bootstrap, topic_factory,
     assigned: dict[int, list] = {}
     workers = [rig(readings, mode="window", on_assigned=lambda parts, i=i: assigned.__setitem__(i, parts))
                for i in range(2)]
-    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
+    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"], "alert")
     with Running(workers[0]), Running(workers[1]):
         wait_until(lambda: len(assigned) == 2 and all(len(p) == 1 for p in assigned.values()),
                    "one partition each")
@@ -205,7 +208,7 @@ def test_redis_restart_under_a_running_worker(kafka_bootstrap, topic_factory, ri
     worker.source.commit = lambda: (commits_while_down.append(1) if redis_down.is_set() else None, commit())
     metrics = PrometheusMetrics()
     counts, worker.metrics = worker.metrics, Tee(worker.metrics, metrics)
-    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
+    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"], "alert")
     with HealthServer("127.0.0.1", 0, metrics, lambda: worker.ready, lambda: worker.alive) as health, \
             Running(worker):
         produce(kafka_bootstrap, readings, messages(before))
@@ -302,7 +305,7 @@ def test_fuzzed_bytes_are_dead_lettered_with_the_original_bytes(
     dead-lettered with its exact bytes and offset, the loop keeps going, nothing is lost."""
     readings = topic_factory()
     produce(kafka_bootstrap, readings, messages(values))
-    dead_reader = TopicReader(kafka_bootstrap, rig.topics["dead"])
+    dead_reader = TopicReader(kafka_bootstrap, rig.topics["dead"], "dead-letter")
     worker = rig(readings)
     try:
         with Running(worker):

@@ -27,7 +27,7 @@ from detector.scaler import StandardScaler
 from detector.score import Threshold
 from detector.stream import AdvanceStats, StreamConfig, learn_max_gap_ms
 from training.calibration import calibrate
-from training.config import TrainConfig
+from training.config import TrainConfig  # re-exported: defined apart so the CLI needs no torch
 
 __all__ = ["TrainConfig", "TrainResult", "train", "slow_channels", "make_windows", "epoch_plan"]
 
