@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             out[name]["overrides"] = training
         out[name]["bench_seconds"] = round(time.perf_counter() - started, 1)
     if any(name in chosen for name in QUALITY):
-        from bench.quality import summary
+        from bench.quality import ablation_summary, summary
 
-        out = {"quality": summary(out), **out}
+        out = {"quality": summary(out), "ablation": ablation_summary(out), **out}
     print(json.dumps(out, indent=2))
     return 0
 

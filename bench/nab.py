@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.quality import DATASETS, MODELS, config_for, fit, model_flags
+from bench.quality import ABLATED, DATASETS, MODELS, ablation_flags, config_for, fit, model_flags
 from bench.reference import rolling_z_flags
 from connectors.file import read_table
 
@@ -74,13 +74,19 @@ def _timestamps(path: Path) -> np.ndarray:
     return _nab_eval().to_epoch_seconds(pd.read_csv(path, usecols=["timestamp"])["timestamp"])
 
 
-def _ganwatch_signal(path: Path, config, max_rows: int | None) -> tuple[np.ndarray, float]:
-    """Train on the signal (its first ``max_rows`` rows if given), score all of it."""
+def _ganwatch_signal(path: Path, config, max_rows: int | None, ablate: bool = False
+                     ) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+    """Train on the signal (its first ``max_rows`` rows if given), score all of it; with
+    ``ablate``, also the flags of every score variant."""
     table = read_table(path, timestamp_column="timestamp")
     ts, values = table.row_ts_ms(), table.values
     rows = len(values) if max_rows is None else min(max_rows, len(values))
     result, train_s = fit(ts[:rows], values[:rows], table.channels, config)
-    return model_flags(result, config, table.channels, ts, values), train_s
+    variants = {}
+    if ablate:
+        variants = {name: f[0] for name, f in ablation_flags(
+            result, config, ts[:rows], values[:rows], [(ts, values)]).items()}
+    return model_flags(result, config, table.channels, ts, values), train_s, variants
 
 
 def _score(truth, t_s, flags) -> dict:
@@ -122,6 +128,7 @@ def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
         if not names:
             continue
         per: dict[str, dict[str, dict]] = {"rolling-z": {}, **{k: {} for k in models}}
+        ablated: dict[str, dict[str, dict]] = {}
         for name in names:
             path, truth = signal_path(dataset, name), truth_all[name]
             t_s = _timestamps(path)
@@ -135,10 +142,15 @@ def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
                 if epochs is not None:
                     config = replace(config, epochs=epochs)
                 try:
-                    flags, train_s = _ganwatch_signal(path, config, max_rows)
+                    flags, train_s, variants = _ganwatch_signal(path, config, max_rows,
+                                                                ablate=kind == ABLATED)
                     per[kind][name] = {**_score(truth, t_s, flags), "train_seconds": round(train_s, 2)}
+                    for variant, f in variants.items():
+                        ablated.setdefault(variant, {})[name] = _score(truth, t_s, f)
                 except Exception as exc:  # a failed run is counted, as Orion counts it
                     log.warning("nab %s %s/%s failed: %s", kind, dataset, name, exc)
                     per[kind][name] = _failed(truth, exc)
         out[dataset] = {kind: aggregate(records) for kind, records in per.items()}
+        if ablated:
+            out[dataset]["ablation"] = {v: aggregate(r) for v, r in ablated.items()}
     return out

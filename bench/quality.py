@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.offline import SeriesScores, score_series
+from detector.alert import DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS
+from detector.offline import SeriesScores, score_series, series_alerts
+from detector.score import Detector, Threshold
 from detector.stream import StreamConfig
 from training.trainer import TrainConfig, TrainResult, train
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATASETS = SHARED / "datasets"
 MODELS = ("lstm-gan", "lstm-ae")
+ABLATED = "lstm-gan"  # the model whose score terms the ablation table takes apart
 REFERENCES = ("pca-t2", "pca-q")
 
 
@@ -37,9 +40,21 @@ def stream_for(result: TrainResult, config: TrainConfig) -> StreamConfig:
     return StreamConfig(config.window, 1, getattr(result, "max_gap_ms", config.max_gap_ms))
 
 
-def flags_of(scored: SeriesScores) -> np.ndarray:
-    """Row flags of a scored series (0/1 per row; unscored rows are 0)."""
-    return np.asarray(scored.flags, dtype=np.int64)
+def flags_of(scored: SeriesScores, ts_ms: np.ndarray, detector: Detector,
+             threshold: Threshold) -> np.ndarray:
+    """Row flags of a scored series as alert consumers get them: the worker's alert rules in
+    ``serve``'s default mode (episode: every row from the window that opened an episode to the
+    one that closed it), exactly as ``ganwatch score`` writes ``is_anomaly``."""
+    alerts = series_alerts(scored, ts_ms, list(detector.channels), threshold, detector.version,
+                           DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS)
+    return np.asarray(alerts.flags, dtype=np.int64)
+
+
+def series_flags(detector: Detector, threshold: Threshold, stream: StreamConfig,
+                 ts_ms: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Score one series on its own, from a fresh stream state, and flag it (``flags_of``)."""
+    return flags_of(score_series(detector, threshold, ts_ms, values, stream), ts_ms, detector,
+                    threshold)
 
 
 def fit(ts_ms: np.ndarray, values: np.ndarray, channels: list[str],
@@ -53,9 +68,20 @@ def fit(ts_ms: np.ndarray, values: np.ndarray, channels: list[str],
 def model_flags(result: TrainResult, config: TrainConfig, channels: list[str],
                 ts_ms: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Flags of one series scored on its own, from a fresh stream state."""
-    detector = result.detector(channels, "bench", "cpu")
-    return flags_of(score_series(detector, result.threshold, ts_ms, values,
-                                 stream_for(result, config)))
+    return series_flags(result.detector(channels, "bench", "cpu"), result.threshold,
+                        stream_for(result, config), ts_ms, values)
+
+
+def ablation_flags(result: TrainResult, config: TrainConfig, train_ts: np.ndarray,
+                   train_values: np.ndarray, series: list[tuple[np.ndarray, np.ndarray]]
+                   ) -> dict[str, list[np.ndarray]]:
+    """Per score variant (``bench.ablation.VARIANTS``), the flags of each series, from the model
+    trained on ``train_ts``/``train_values``; lstm-gan only (the critic is one of the terms)."""
+    from bench.ablation import variants
+
+    stream = stream_for(result, config)
+    return {name: [series_flags(det, thr, stream, ts, values) for ts, values in series]
+            for name, (det, thr) in variants(result, config, train_ts, train_values).items()}
 
 
 def load_nab_eval():
@@ -119,30 +145,43 @@ def train_under_load(path: Path, kind: str = "lstm-gan", overrides: dict | None 
 
 # ---------------------------------------------------------------- the summary table
 
+def _datasets(out: dict) -> dict[str, dict]:
+    """Each dataset's per-detector results (the ablation under the key ``ablation``)."""
+    nab = out.get("nab", {})
+    return {"skab/valve1": out.get("skab", {}).get("valve1", {}),
+            "skab/anomaly-free": out.get("skab", {}).get("anomaly_free", {}),
+            "tep": out.get("tep", {}).get("detectors", {}),
+            "nab/realKnownCause": nab.get("realKnownCause", {}),
+            "nab/artificialNoAnomaly": nab.get("artificialNoAnomaly", {})}
+
+
+def headline(dataset: str, s: dict) -> dict:
+    """The measures a dataset is judged by, from one detector's (or variant's) results."""
+    if dataset == "skab/valve1":
+        return {"f1": s.get("f1"), "far_pct": s.get("far_pct"),
+                "train_seconds": s.get("train_seconds_per_file")}
+    if dataset == "skab/anomaly-free":
+        return {"far_pct": s.get("far_pct"), "train_seconds": s.get("train_seconds")}
+    if dataset == "tep":
+        return {"far_pct": s.get("far_pct"), "mean_fdr_pct": s.get("mean_fdr_pct"),
+                "mean_fdr_pct_without_3_9_15": s.get("mean_fdr_pct_without_3_9_15"),
+                "train_seconds": s.get("train_seconds")}
+    out = {"failed_signals": len(s.get("errors", [])), "train_seconds": s.get("train_seconds")}
+    if dataset == "nab/realKnownCause":
+        return {"f1": s.get("f1"), "tp": s.get("tp"), "fp": s.get("fp"), "fn": s.get("fn"),
+                "f1_widened_100": s.get("widened_100", {}).get("f1"), **out}
+    return {"false_alarms_per_signal": s.get("false_alarms_per_signal"), **out}
+
+
 def summary(out: dict) -> list[dict]:
     """One compact row per dataset x detector with its headline measure and training seconds."""
-    rows: list[dict] = []
-    for kind, s in out.get("skab", {}).get("valve1", {}).items():
-        rows.append({"dataset": "skab/valve1", "detector": kind, "f1": s.get("f1"),
-                     "far_pct": s.get("far_pct"), "train_seconds": s.get("train_seconds_per_file")})
-    for kind, s in out.get("skab", {}).get("anomaly_free", {}).items():
-        if isinstance(s, dict):
-            rows.append({"dataset": "skab/anomaly-free", "detector": kind,
-                         "far_pct": s.get("far_pct"), "train_seconds": s.get("train_seconds")})
-    for kind, s in out.get("tep", {}).get("detectors", {}).items():
-        rows.append({"dataset": "tep", "detector": kind, "far_pct": s.get("far_pct"),
-                     "mean_fdr_pct": s.get("mean_fdr_pct"),
-                     "mean_fdr_pct_without_3_9_15": s.get("mean_fdr_pct_without_3_9_15"),
-                     "train_seconds": s.get("train_seconds")})
-    nab = out.get("nab", {})
-    for kind, s in nab.get("realKnownCause", {}).items():
-        rows.append({"dataset": "nab/realKnownCause", "detector": kind, "f1": s.get("f1"),
-                     "f1_widened_100": s.get("widened_100", {}).get("f1"),
-                     "failed_signals": len(s.get("errors", [])),
-                     "train_seconds": s.get("train_seconds")})
-    for kind, s in nab.get("artificialNoAnomaly", {}).items():
-        rows.append({"dataset": "nab/artificialNoAnomaly", "detector": kind,
-                     "false_alarms_per_signal": s.get("false_alarms_per_signal"),
-                     "failed_signals": len(s.get("errors", [])),
-                     "train_seconds": s.get("train_seconds")})
-    return rows
+    return [{"dataset": name, "detector": kind, **headline(name, s)}
+            for name, results in _datasets(out).items()
+            for kind, s in results.items() if kind != "ablation" and isinstance(s, dict)]
+
+
+def ablation_summary(out: dict) -> list[dict]:
+    """One row per dataset x score variant of ``ABLATED`` (``bench.ablation``)."""
+    return [{"dataset": name, "variant": variant, **headline(name, s)}
+            for name, results in _datasets(out).items()
+            for variant, s in results.get("ablation", {}).items()]

@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from connectors.file import read_table
-from bench.quality import DATASETS, MODELS, REFERENCES, config_for, fit, flags_of, stream_for
+from bench.quality import (
+    ABLATED, DATASETS, MODELS, REFERENCES, ablation_flags, config_for, fit, flags_of, model_flags,
+    stream_for,
+)
 from bench.reference import PcaReference
 from detector.offline import score_series
 from training.evaluate import skab_summary
@@ -37,7 +40,7 @@ def skab_files(group: str = "valve1") -> list[Path]:
     return files
 
 
-def run_file(path: Path, config: TrainConfig) -> dict:
+def run_file(path: Path, config: TrainConfig, ablate: bool = False) -> dict:
     table = read_table(path, timestamp_column="datetime", label_column="anomaly",
                        exclude_columns=("changepoint",))
     ts, values = table.row_ts_ms(), table.values
@@ -46,12 +49,19 @@ def run_file(path: Path, config: TrainConfig) -> dict:
     started = time.perf_counter()
     scored = score_series(detector, result.threshold, ts, values, stream_for(result, config))
     score_s = time.perf_counter() - started
-    return {
+    labels = table.labels[TRAIN_ROWS:]
+    row = {
         "file": f"{path.parent.name}/{path.name}",
-        **confusion(flags_of(scored)[TRAIN_ROWS:], table.labels[TRAIN_ROWS:]),
+        **confusion(flags_of(scored, ts, detector, result.threshold)[TRAIN_ROWS:], labels),
         "train_seconds": round(train_s, 2),
         "windows_per_second": round(int((~np.isnan(scored.scores)).sum()) / score_s, 1),
     }
+    if ablate:
+        variants = ablation_flags(result, config, ts[:TRAIN_ROWS], values[:TRAIN_ROWS],
+                                  [(ts, values)])
+        row["ablation"] = {name: confusion(f[0][TRAIN_ROWS:], labels)
+                           for name, f in variants.items()}
+    return row
 
 
 def confusion(flags: np.ndarray, labels: np.ndarray) -> dict[str, int]:
@@ -104,17 +114,23 @@ def run_free(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
             ref[name].append(flags)
     seconds = round((time.perf_counter() - started) / len(bounds), 3)
     out: dict = {name: {**free_far(flags), "train_seconds": seconds} for name, flags in ref.items()}
+    ablated: dict[str, list[np.ndarray]] = {}
     for kind in models:
         config = config_for(kind, overrides)
         flags, seconds = [], []
         for a, b in bounds:
             result, train_s = fit(ts[a:a + TRAIN_ROWS], values[a:a + TRAIN_ROWS], table.channels,
                                   config)
-            detector = result.detector(table.channels, "bench", device="cpu")
-            flags.append(flags_of(score_series(detector, result.threshold, ts[a:b], values[a:b],
-                                               stream_for(result, config))))
+            flags.append(model_flags(result, config, table.channels, ts[a:b], values[a:b]))
             seconds.append(train_s)
+            if kind == ABLATED:
+                for name, f in ablation_flags(result, config, ts[a:a + TRAIN_ROWS],
+                                              values[a:a + TRAIN_ROWS],
+                                              [(ts[a:b], values[a:b])]).items():
+                    ablated.setdefault(name, []).append(f[0])
         out[kind] = {**free_far(flags), "train_seconds": round(float(np.mean(seconds)), 2)}
+    if ablated:
+        out["ablation"] = {name: free_far(f) for name, f in ablated.items()}
     return {"segments": len(bounds), "segment_rows": SEGMENT_ROWS, "train_rows": TRAIN_ROWS, **out}
 
 
@@ -127,8 +143,11 @@ def run(models: tuple[str, ...] = MODELS, group: str = "valve1",
     files = skab_files(group)[:limit]
     for kind in models:
         config = config_for(kind, overrides)
-        rows = [run_file(p, config) for p in files]
+        rows = [run_file(p, config, ablate=kind == ABLATED) for p in files]
         summary = skab_summary(rows)
+        if kind == ABLATED:
+            out["ablation"] = {name: skab_summary([r["ablation"][name] for r in rows])
+                               for name in rows[0]["ablation"]}
         summary.update(
             files=len(rows),
             train_seconds_per_file=round(float(np.mean([r["train_seconds"] for r in rows])), 2),

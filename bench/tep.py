@@ -16,7 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
-from bench.quality import DATASETS, MODELS, config_for, fit, model_flags
+from bench.quality import ABLATED, DATASETS, MODELS, ablation_flags, config_for, fit, model_flags
 from bench.reference import PcaReference
 from connectors.file import Table, read_table
 
@@ -88,6 +88,15 @@ def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
         out[kind] = {**tep_rates(flags["normal"], {n: flags[n] for n in files}),
                      "train_seconds": round(train_s, 2),
                      "score_seconds": round(time.perf_counter() - started, 2)}
+        if kind == ABLATED:
+            keys = list(tests)
+            variants = ablation_flags(result, config, train_table.row_ts_ms(), train_table.values,
+                                      [(tests[k].row_ts_ms(), tests[k].values) for k in keys])
+            ablation = {}
+            for name, per in variants.items():
+                by = dict(zip(keys, per))
+                ablation[name] = tep_rates(by["normal"], {n: by[n] for n in files})
+            out["ablation"] = ablation
         log.info("tep %s: FAR %s %%, mean FDR %s %%", kind, out[kind]["far_pct"],
                  out[kind]["mean_fdr_pct"])
     return {"protocol": "fit train.csv; FDR rows 160..959; FAR normal_test + rows < 160; "

@@ -152,3 +152,44 @@ def test_unknown_benchmark_is_refused():
 
     with pytest.raises(SystemExit):
         main(["--only", "nope"])
+
+
+def test_the_ablation_refits_the_product_calibration_per_variant():
+    """'all terms' is exactly what training wrote; a variant without a term has no such term."""
+    from bench.ablation import VARIANTS, variants
+    from training.trainer import train
+
+    rng = np.random.default_rng(0)
+    t = np.arange(300)
+    values = np.stack([np.sin(t / 3) + 0.1 * rng.normal(size=300),
+                       np.cos(t / 3) + 0.1 * rng.normal(size=300)], axis=1)
+    ts = (t * 1000).astype(np.int64)
+    config = replace(TrainConfig(), window=8, epochs=1, hidden=8, latent=4, device="cpu")
+    result = train(ts, values, ["a", "b"], config)
+    out = variants(result, config, ts, values)
+    assert set(out) == set(VARIANTS)
+    det, thr = out["all terms"]
+    assert thr.value == result.threshold.value and det.spec.score == result.spec.score
+    assert out["no spike term"][0].spec.score.peak is None
+    assert out["no critic"][0].spec.score.critic is None
+    assert out["no per-channel units"][0].spec.score.error.channel_scale == ()
+    windows = np.stack([values[i - 8:i] for i in range(8, 40)])
+    np.testing.assert_allclose(det.score(windows).scores,
+                               result.detector().score(windows).scores)
+
+
+def test_the_tables_show_every_detector_and_variant_of_a_run():
+    from bench.quality import ablation_summary, summary
+    from bench.table import tables
+
+    run = {"skab": {"valve1": {"lstm-gan": {"f1": 0.8, "far_pct": 3.5, "train_seconds_per_file": 2},
+                               "pca-q": {"f1": 0.5, "far_pct": 33.6},
+                               "ablation": {"all terms": {"f1": 0.8, "far_pct": 3.5},
+                                            "no critic": {"f1": 0.7, "far_pct": 4.0}}}},
+           "tep": {"detectors": {"lstm-gan": {"far_pct": 0.0, "mean_fdr_pct": 49.0}}}}
+    bench = {"quality": summary(run), "ablation": ablation_summary(run)}
+    assert [r["detector"] for r in bench["quality"]] == ["lstm-gan", "pca-q", "lstm-gan"]
+    text = tables(bench)
+    assert "| lstm-gan | 0.8 | 3.5 | 2 |" in text and "| pca-q | 0.5 | 33.6 | – |" in text
+    assert "| no critic | 0.7 | 4.0 |" in text
+    assert "**tep**" in text and "**nab/realKnownCause**" not in text
