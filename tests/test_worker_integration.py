@@ -200,9 +200,14 @@ def test_redis_restart_under_a_running_worker(kafka_bootstrap, topic_factory, ri
     before = [("e1", t, 6.0 if t == 10 else 0.1, 0.1) for t in range(15)]
     after = [("e1", t, 6.0 if t == 30 else 0.1, 0.1) for t in range(20, 35)]
     worker = rig(readings, mode="window", url=embedded_redis.url)
-    redis_down, commits_while_down = threading.Event(), []
+    redis_down, commits_while_down, commits = threading.Event(), [], []
     commit = worker.source.commit
-    worker.source.commit = lambda: (commits_while_down.append(1) if redis_down.is_set() else None, commit())
+
+    def counting_commit(offsets=None):  # the worker's own signature: a TypeError here would hide
+        (commits_while_down if redis_down.is_set() else commits).append(offsets)
+        commit(offsets)
+
+    worker.source.commit = counting_commit
     metrics = PrometheusMetrics()
     counts, worker.metrics = worker.metrics, Tee(worker.metrics, metrics)
     reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
@@ -212,6 +217,8 @@ def test_redis_restart_under_a_running_worker(kafka_bootstrap, topic_factory, ri
         reader.wait_for(1, "the alert before the outage")
         wait_until(lambda: counts.count("readings_total") == 15, "the first readings consumed")
         wait_until(lambda: http_status(health.url + "/readyz") == 200, "ready")
+        wait_until(lambda: any(o and o.get((readings, 0)) == 15 for o in commits),
+                   "the first readings committed")
         redis_down.set()
         embedded_redis.stop()
         produce(kafka_bootstrap, readings, messages(after))
@@ -222,9 +229,14 @@ def test_redis_restart_under_a_running_worker(kafka_bootstrap, topic_factory, ri
         embedded_redis.start()  # same port, empty: the entity's window starts again
         got = reader.wait_for(2, "the alert after the outage")
         wait_until(lambda: worker.ready, "ready again")
+        wait_until(lambda: any(o and o.get((readings, 0)) == 30 for o in commits),
+                   "the readings after the outage committed")
         assert http_status(health.url + "/readyz") == 200
         text = urllib.request.urlopen(health.url + "/metrics", timeout=10).read().decode()
     assert commits_while_down == []
+    assert counts.count("commit_failures_total") == 0
+    committed = [o[(readings, 0)] for o in commits if o]
+    assert committed == sorted(committed)  # offsets only move forward
     assert [a["ts_ms"] for a in got] == [T0 + 10_000, T0 + 30_000]
     assert 'ganwatch_retries_total{stage="load"}' in text and "ganwatch_alerts_total" in text
     reader.close()
