@@ -214,7 +214,12 @@ def redis_client_from_url(
         kwargs["ssl_ca_certs"] = ssl_ca
         kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     kwargs.update(extra)
-    return redis.Redis.from_url(url, **kwargs)
+    client = redis.Redis.from_url(url, **kwargs)
+    if password is not None:
+        # from_url lets the URL's password (user info or ``?password=``) beat the keyword: put the
+        # flag's one back, as documented. The user name in the URL is kept.
+        client.connection_pool.connection_kwargs["password"] = password
+    return client
 
 
 def redact_url(url: str) -> str:

@@ -317,3 +317,32 @@ def test_store_over_a_unix_socket() -> None:
                 assert tcp.exists(store.key("over-uds")) == 1
         finally:
             client.close()
+
+
+def test_the_password_argument_beats_one_in_the_url() -> None:
+    for url in ("redis://:from-url@h:6379/0", "redis://user:from-url@h/0",
+                "redis://h/0?password=from-url", "unix:///run/r.sock?db=1&password=from-url"):
+        kwargs = redis_client_from_url(url, password="flag").connection_pool.connection_kwargs
+        assert kwargs["password"] == "flag", url
+    kwargs = redis_client_from_url("redis://user:from-url@h/0").connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"]) == ("user", "from-url")  # no flag: the URL's
+
+
+@pytest.mark.integration
+def test_a_server_with_a_password_takes_the_flag_over_a_wrong_one_in_the_url(
+        embedded_redis) -> None:
+    admin = redis_client_from_url(embedded_redis.url)
+    admin.config_set("requirepass", "right")
+    admin.close()
+    wrong = f"redis://:wrong@127.0.0.1:{embedded_redis.port}/0"
+    client = redis_client_from_url(wrong, password="right")
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+    refused = redis_client_from_url(wrong)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            refused.ping()
+    finally:
+        refused.close()
