@@ -187,6 +187,9 @@ def finish(
     lost = [s.entity for s, ok in zip(prepared.changed, saved) if not ok]
     if lost:
         out["store_conflicts_total", ()] = len(lost)
+    new = sum(1 for s, ok in zip(prepared.changed, saved) if ok and s.version == 1)  # first save
+    if new:
+        out["entities_new_total", ()] = new
     return out, lost
 
 

@@ -27,7 +27,7 @@ from detector.stream import EntityState
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last instant ISO output can show
 MAX_TS_TEXT = 64
-MAX_ENTITY = 512
+MAX_ENTITY = 256  # characters; an entity name is a Redis key and a Kafka key downstream
 MAX_DETAIL = 200
 
 
@@ -115,6 +115,22 @@ def _parse(msg: Message, channels: Sequence[str], fields: FieldNames) -> ParsedR
     return ParsedReading(entity, ts_ms, values, tuple(missing), msg)
 
 
+def reject_future(parsed: list[ParsedReading | Rejection], now_ms: int,
+                  max_future_ms: int) -> int:
+    """Replace, in place, every reading dated more than ``max_future_ms`` after ``now_ms`` by a
+    ``future_ts`` rejection; return how many. One reading from a clock a year ahead would
+    otherwise make every real reading of its entity look like a replayed duplicate."""
+    limit, n = now_ms + max_future_ms, 0
+    for i, p in enumerate(parsed):
+        if type(p) is ParsedReading and p.ts_ms > limit:
+            ahead = (p.ts_ms - now_ms) / 1000
+            parsed[i] = Rejection("future_ts", f"timestamp {iso_ms(p.ts_ms)} is {ahead:.3f} s ahead "
+                                  f"of the worker's clock (more than {max_future_ms / 1000:g} s)",
+                                  p.message)
+            n += 1
+    return n
+
+
 def fill_missing(
     readings: Sequence[ParsedReading], state: EntityState, carry: bool, channels: Sequence[str]
 ) -> tuple[list[ParsedReading], list[Rejection]]:
@@ -164,11 +180,13 @@ def resolve_entity(field: Any, key: bytes | None, name: str) -> str:
         if not entity:
             raise _Reject("bad_key", "record key is empty")
     if len(entity) > MAX_ENTITY:
-        raise _Reject("bad_type", f"entity longer than {MAX_ENTITY} characters")
+        raise _Reject("bad_entity", f"entity longer than {MAX_ENTITY} characters")
     try:
         entity.encode("utf-8")  # JSON escapes can smuggle lone surrogates in; keys must encode
     except UnicodeEncodeError:
-        raise _Reject("bad_type", "entity is not valid Unicode") from None
+        raise _Reject("bad_entity", "entity is not valid Unicode") from None
+    if not entity.isprintable():  # control characters, newlines: they break keys, logs, dashboards
+        raise _Reject("bad_entity", f"entity has unprintable characters: {entity[:40]!r}")
     return entity
 
 

@@ -14,6 +14,8 @@ Names (labels in braces):
 - ``scoring_seconds``: histogram of one batched ``detector.score`` call
 - ``event_to_alert_seconds``: histogram of (flush time - reading timestamp), one per alert
 - ``consumer_lag``, ``ready``: gauges
+- ``entities_new_total``: entities whose state was stored for the first time (or again after
+  it expired); ``entities_known``: gauge of the distinct entities this worker process has stored
 - ``store_conflicts_total``: states not saved because another worker moved the entity on
 - ``commit_failures_total``: offset commits that failed (rebalances)
 - ``retries_total{stage}``: batch attempts that failed, by the stage that failed
@@ -36,9 +38,10 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     "commit_failures_total": (),
     "retries_total": ("stage",),
     "model_reloads_total": ("result",),
+    "entities_new_total": (),
 }
 HISTOGRAMS: tuple[str, ...] = ("batch_size", "scoring_seconds", "event_to_alert_seconds")
-GAUGES: tuple[str, ...] = ("consumer_lag", "ready")
+GAUGES: tuple[str, ...] = ("consumer_lag", "ready", "entities_known")
 
 HELP: dict[str, str] = {
     "readings_total": "Messages consumed from the readings topic, valid or not.",
@@ -51,6 +54,8 @@ HELP: dict[str, str] = {
     "commit_failures_total": "Offset commits that failed.",
     "retries_total": "Batch attempts that failed and were retried, by failing stage.",
     "model_reloads_total": "Model reload attempts, by result.",
+    "entities_new_total": "Entities whose state was stored for the first time (or after expiring).",
+    "entities_known": "Distinct entities this worker process has stored state for.",
     "batch_size": "Messages per poll batch.",
     "scoring_seconds": "Seconds per batched detector.score call.",
     "event_to_alert_seconds": "Seconds from a reading's timestamp to its alert being published.",

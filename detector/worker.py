@@ -46,7 +46,7 @@ from detector.batch import (
     prepare, score_batch,
 )
 from detector.decoder import ReadingDecoder
-from detector.message import FieldNames, ParsedReading, Rejection
+from detector.message import FieldNames, ParsedReading, Rejection, reject_future
 from detector.metric import Metrics, NullMetrics
 from detector.protocol import Message, Sink, Source, StateStore
 from detector.score import Detector, Threshold
@@ -76,6 +76,7 @@ class WorkerConfig:
     backoff_max_s: float = 5.0
     lag_interval_s: float = 5.0
     live_timeout_s: float = 120.0
+    max_future_s: float = 300.0  # readings dated further ahead of the clock: ``future_ts`` (0 = off)
     pipeline: bool = True  # ``run`` overlaps one batch's scoring with the next one's poll
     fast_decode: bool | None = None  # msgspec when installed (None), required, or never
 
@@ -88,6 +89,8 @@ class WorkerConfig:
             raise ValueError("episode_end_windows and max_batch must be >= 1, max_wait_ms >= 0")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        if self.max_future_s < 0:
+            raise ValueError("max_future_s must be >= 0 (0 = off)")
 
 
 def describe(exc: BaseException) -> str:
@@ -130,6 +133,7 @@ class Worker:
         self._heartbeat = clock()
         self._lag_at = float("-inf")
         self._pending: _InFlight | None = None
+        self._known: set[str] = set()  # entities stored by this process (``entities_known``)
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -273,7 +277,10 @@ class Worker:
         return messages
 
     def _parse(self, messages: list[Message]) -> list[ParsedReading | Rejection]:
-        return self._decoder.decode(messages)
+        parsed = self._decoder.decode(messages)
+        if self.config.max_future_s:
+            reject_future(parsed, int(self.clock() * 1000), int(self.config.max_future_s * 1000))
+        return parsed
 
     def _prepare(self, parsed: list[ParsedReading | Rejection],
                  carried: dict[str, EntityState] | None = None) -> Prepared:
@@ -281,8 +288,13 @@ class Worker:
                        self.config.missing_channel == CARRY, carried)
 
     def _finish(self, prepared: Prepared, scored: Scored) -> tuple[Outcome, list[str]]:
-        return finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
-                      self.metrics)
+        outcome, lost = finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
+                               self.metrics)
+        known = len(self._known)
+        self._known.update(s.entity for s in prepared.changed)
+        if len(self._known) != known:
+            self.metrics.set("entities_known", len(self._known))
+        return outcome, lost
 
     def _process(self, parsed: list[ParsedReading | Rejection], offsets: Offsets | None,
                  failed: StageFailed | None = None) -> bool:

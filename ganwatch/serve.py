@@ -169,6 +169,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         alerts_topic=settings.alerts_topic, dead_letter_topic=settings.dead_letter_topic,
         scores_topic=settings.scores_topic, max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms, pipeline=settings.pipeline == "on",
+        max_future_s=settings.max_future_s,
     )
     worker = Worker(source, sink, store, loader, config, metrics)
     health = None

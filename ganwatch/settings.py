@@ -110,6 +110,10 @@ class Settings(BaseModel):
                              description="The window restarts after a gap longer than this (0 = never).")
     missing_channel: Literal["carry", "dead-letter"] = Field(
         "carry", description="A reading without some channel: carry the last value or dead-letter it.")
+    max_future_s: float = Field(
+        300, ge=0, description="Dead-letter (`future_ts`) readings dated more than this many seconds "
+        "ahead of the worker's clock (0 = off): one reading from a clock a year ahead would make "
+        "every later real reading of its entity a duplicate.")
     entity_field: str = Field("entity", min_length=1, description="JSON field with the entity name.")
     ts_field: str = Field("ts", min_length=1, description="JSON field with the reading's timestamp.")
     values_field: str = Field("values", min_length=1, description="JSON field with channel values.")

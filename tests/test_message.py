@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from detector.message import (
     MAX_TS_MS, FieldNames, ParsedReading, Rejection, dead_letter, fill_missing, iso_ms, parse_reading,
+    reject_future,
 )
 from detector.protocol import Message
 from detector.stream import EntityState
@@ -115,7 +116,12 @@ def test_missing_and_null_channels_are_reported_not_rejected():
         (doc(values={"Pressure": True, "Temperature": 1}), b"k", "non_numeric"),
         (doc(values={"Pressure": [1], "Temperature": 1}), b"k", "non_numeric"),
         (doc(values={"Other": 1}), b"k", "missing_channel"),
-        (b'{"entity": "\\ud800", "ts": 1, "values": {"Pressure": 1}}', b"k", "bad_type"),
+        (b'{"entity": "\\ud800", "ts": 1, "values": {"Pressure": 1}}', b"k", "bad_entity"),
+        (doc(entity="x" * 257), b"k", "bad_entity"),
+        (doc(entity="pump\n7"), b"k", "bad_entity"),
+        (doc(entity="pump\x007"), b"k", "bad_entity"),
+        (doc(entity="\u200bpump"), b"k", "bad_entity"),  # a zero-width space: not printable
+        (doc(entity=...), b"pump\x1b[31m", "bad_entity"),  # from the key, same rules
     ],
 )
 def test_rejections(value, key, reason):
@@ -228,3 +234,15 @@ def test_fuzz_jsonish_documents_never_raise(entity, ts, values, drop):
         assert present and np.isfinite(out.values[present]).all()
     else:
         assert json.loads(dead_letter(out, 0)[1])["reason"] == out.reason
+
+
+def test_readings_too_far_ahead_of_the_clock_are_rejected_as_future_ts():
+    now = T0_MS
+    records = [msg(doc(ts=t)) for t in (now - 10**9, now + 300_000, now + 300_001, MAX_TS_MS)]
+    parsed = [parse_reading(m, CHANNELS) for m in records]
+    parsed.append(parse_reading(msg(b"{not json"), CHANNELS))
+    assert reject_future(parsed, now, 300_000) == 2
+    assert [p.reason if isinstance(p, Rejection) else "ok" for p in parsed] == [
+        "ok", "ok", "future_ts", "future_ts", "not_json"]
+    assert "300.001 s ahead of the worker's clock" in parsed[2].detail
+    assert parsed[2].message is records[2]  # the dead letter keeps the original record

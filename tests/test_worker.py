@@ -482,3 +482,35 @@ def test_watch_file_requests_a_reload_when_the_artifact_changes(tmp_path):
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_reading_from_the_future_is_dead_lettered_and_does_not_blind_its_entity():
+    year_ahead = (NOW + 365 * 86400) * 1000 - T0  # ms after T0, as ``messages`` counts seconds
+    rows = [("e1", t, 6.0 if t == 8 else 0.1, 0.1) for t in range(4)]
+    rows += [("e1", year_ahead / 1000, 0.1, 0.1)] + [("e1", t, 6.0 if t == 8 else 0.1, 0.1)
+                                                     for t in range(4, 10)]
+    r = rig(messages(rows), alert_mode="window")
+    drain(r.worker)
+    [dead] = alerts(r.sink, "ganwatch.dead-letter")
+    assert dead["reason"] == "future_ts" and dead["source"]["offset"] == 4
+    assert [a["ts_ms"] for a in alerts(r.sink)] == [T0 + 8_000]  # the later readings still count
+    assert r.metrics.count("duplicates_total") == 0 and r.source.committed == len(rows)
+    assert r.metrics.count("dead_letters_total", reason="future_ts") == 1
+    off = rig(messages(rows), alert_mode="window", max_future_s=0)  # 0: no clock check
+    drain(off.worker)
+    assert alerts(off.sink) == [] and off.metrics.count("duplicates_total") == 6
+
+
+def test_new_and_known_entities_are_counted():
+    r = rig(scenario()[:30])
+    drain(r.worker)
+    assert r.metrics.count("entities_new_total") == 3 and r.metrics.gauges["entities_known"] == 3
+    again = Worker(InMemorySource(renumber(scenario()[30:60])), r.sink, r.store,
+                   lambda: (zscore(), THRESHOLD), config(), r.metrics, clock=lambda: NOW)
+    drain(again)
+    assert r.metrics.count("entities_new_total") == 3  # stored before: not new
+    bad = messages([("e\n4", 0, 0.1, 0.1), ("x" * 257, 0, 0.1, 0.1)])
+    r2 = rig(bad)
+    drain(r2.worker)
+    assert [d["reason"] for d in alerts(r2.sink, "ganwatch.dead-letter")] == ["bad_entity"] * 2
+    assert r2.metrics.count("entities_new_total") == 0
