@@ -146,7 +146,8 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
             async_commit=settings.pipeline,  # the pipelined loop's commits overlap the next batch
         )
         undo.callback(_close, "Kafka consumer", source)
-        sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression)
+        sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression,
+                         max_request_size=max(1 << 20, settings.max_dead_letter_bytes + 65536))
         undo.callback(_close, "Kafka producer", sink)
     except KafkaError as exc:  # kafka-python gives up bootstrapping: one line, not a traceback
         reason = str(exc) or type(exc).__name__
@@ -169,7 +170,9 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         alerts_topic=settings.alerts_topic, dead_letter_topic=settings.dead_letter_topic,
         scores_topic=settings.scores_topic, max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms, pipeline=settings.pipeline == "on",
-        max_future_s=settings.max_future_s,
+        max_future_s=settings.max_future_s, max_retries=settings.max_retries,
+        max_dead_letter_bytes=settings.max_dead_letter_bytes,
+        score_timeout_s=settings.score_timeout_s, live_timeout_s=settings.live_timeout_s,
     )
     worker = Worker(source, sink, store, loader, config, metrics)
     health = None

@@ -246,3 +246,28 @@ def test_readings_too_far_ahead_of_the_clock_are_rejected_as_future_ts():
         "ok", "ok", "future_ts", "future_ts", "not_json"]
     assert "300.001 s ahead of the worker's clock" in parsed[2].detail
     assert parsed[2].message is records[2]  # the dead letter keeps the original record
+
+
+@pytest.mark.parametrize("key_size, value_size", [(6, 700_000), (6, 3_000_000), (600_000, 10),
+                                                  (400_000, 900_000)])
+def test_a_dead_letter_over_the_limit_is_cut_to_fit_and_says_so(key_size, value_size):
+    key, value = b"k" * key_size, b"v" * value_size
+    m = msg(value, key=key, offset=42)
+    rejection = parse_reading(m, CHANNELS)
+    out_key, out = dead_letter(rejection, T0_MS, max_bytes=1_000_000)
+    assert len(out) + len(out_key or b"") <= 1_000_000
+    record = json.loads(out)
+    assert record["truncated"] is True and "value_text" not in record
+    assert (record["key_bytes"], record["value_bytes"]) == (key_size, value_size)
+    assert record["reason"] == rejection.reason and record["source"]["offset"] == 42
+    kept_value, kept_key = base64.b64decode(record["value_b64"]), base64.b64decode(record["key_b64"])
+    assert value.startswith(kept_value) and key.startswith(kept_key)
+    assert len(kept_value) + len(kept_key) > 500_000  # most of the budget holds the original
+    assert out_key == (key if key_size <= 250_000 else None)
+
+
+def test_a_dead_letter_within_the_limit_is_whole():
+    m = msg(b"x" * 1000, key=b"pump-7")
+    _, out = dead_letter(parse_reading(m, CHANNELS), T0_MS, max_bytes=1_000_000)
+    record = json.loads(out)
+    assert "truncated" not in record and record["value_text"] == "x" * 1000
