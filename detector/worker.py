@@ -239,12 +239,16 @@ class Worker:
         self._done(outcome, lost, pending.offsets)
 
     def _scores(self, pending: _InFlight) -> Scored:
-        """The in-flight batch's scores, waited for at most ``score_timeout_s``."""
+        """The in-flight batch's scores, waited for at most twice ``score_timeout_s`` (the
+        scoring process's own deadline, ``ProcessDetector.timeout_s``, normally ends it first)."""
         try:
-            return pending.future.result(timeout=self.config.score_timeout_s)
+            return pending.future.result(timeout=2 * self.config.score_timeout_s)
         except FutureTimeout:
+            if self._executor is not None:  # its one thread is stuck: later batches get another
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
             raise StageFailed("score", ScoreTimeout(
-                f"no scores within {self.config.score_timeout_s:g} s")) from None
+                f"no scores within {2 * self.config.score_timeout_s:g} s")) from None
 
     def close(self) -> None:
         """Stop the scoring thread (idempotent); ``run`` calls it on the way out."""

@@ -125,7 +125,8 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
             return artifact.detector, artifact.threshold
         # pipelined: the model scores in its own process, so polling and parsing overlap it
         return ProcessDetector(model_dir, artifact.detector, settings.device,
-                               settings.torch_threads), artifact.threshold
+                               settings.torch_threads, timeout_s=settings.score_timeout_s
+                               ), artifact.threshold
 
     channels, window = list(first.detector.channels), first.detector.window
     security = security_config(

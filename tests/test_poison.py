@@ -239,3 +239,30 @@ def test_an_exception_outside_the_stage_guards_redoes_the_work(where, monkeypatc
         got, want = r.store.load([e])[e], clean_store.load([e])[e]
         assert (got.last_ts_ms, got.count, got.episode) == (want.last_ts_ms, want.count,
                                                             want.episode)
+
+
+def test_a_scoring_call_past_its_deadline_is_retried_with_the_worker_not_ready():
+    release, ref, seen = threading.Event(), [], []
+
+    class Hanging:
+        def __init__(self, inner):
+            self.inner, self.channels, self.window = inner, inner.channels, inner.window
+            self.version = inner.version
+
+        def score(self, windows):
+            seen.append(ref[0].ready)
+            if len(seen) == 2:
+                release.wait(2)  # hangs once, for longer than the deadline
+            return self.inner.score(windows)
+
+    r = rig(scenario(), loader=lambda: (Hanging(zscore()), THRESHOLD), score_timeout_s=0.1)
+    ref.append(r.worker)
+    try:
+        drain(r.worker)
+    finally:
+        release.set()
+    assert {a["alert_id"] for a in alerts(r.sink)} == clean_ids() and r.source.committed == 90
+    if r.worker.config.pipeline:  # the scores are waited for on the background thread
+        assert r.metrics.count("retries_total", stage="score") == 1
+        assert seen[2] is False  # the retry ran while the worker was not ready
+    assert r.worker.ready
