@@ -18,7 +18,12 @@ Names (labels in braces):
   it expired); ``entities_known``: gauge of the distinct entities this worker process has stored
 - ``store_conflicts_total``: states not saved because another worker moved the entity on
 - ``commit_failures_total``: offset commits that failed (rebalances)
-- ``retries_total{stage}``: batch attempts that failed, by the stage that failed
+- ``retries_total{stage}``: batch attempts that failed, by the stage that failed (``poll``,
+  ``load``, ``window``, ``score``, ``judge``, ``send``, ``flush``, ``save``, ``dead-letter``,
+  ``internal``)
+- ``set_aside_total{stage}``: readings set aside as dead letters after their entity kept failing
+  at ``stage``; ``entities_set_aside_total``: entities set aside (once per batch)
+- ``dead_letters_truncated_total``: dead letters cut to fit ``max_dead_letter_bytes``
 - ``model_reloads_total{result}``: reload attempts (``ok`` / ``error``)
 """
 
@@ -39,6 +44,9 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     "retries_total": ("stage",),
     "model_reloads_total": ("result",),
     "entities_new_total": (),
+    "set_aside_total": ("stage",),
+    "entities_set_aside_total": (),
+    "dead_letters_truncated_total": (),
 }
 HISTOGRAMS: tuple[str, ...] = ("batch_size", "scoring_seconds", "event_to_alert_seconds")
 GAUGES: tuple[str, ...] = ("consumer_lag", "ready", "entities_known")
@@ -55,6 +63,9 @@ HELP: dict[str, str] = {
     "retries_total": "Batch attempts that failed and were retried, by failing stage.",
     "model_reloads_total": "Model reload attempts, by result.",
     "entities_new_total": "Entities whose state was stored for the first time (or after expiring).",
+    "set_aside_total": "Readings set aside as dead letters after their entity kept failing, by stage.",
+    "entities_set_aside_total": "Entities set aside from a batch after they kept failing.",
+    "dead_letters_truncated_total": "Dead letters cut to fit the broker's record size limit.",
     "entities_known": "Distinct entities this worker process has stored state for.",
     "batch_size": "Messages per poll batch.",
     "scoring_seconds": "Seconds per batched detector.score call.",
