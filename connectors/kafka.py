@@ -188,6 +188,11 @@ class KafkaSource:
             raise CommitFailed(f"offset commit for group {self.group_id!r} failed (a later one "
                                f"is on its way): {previous}")
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Fetch each (topic, partition) from ``offsets`` again on the next ``poll``."""
+        for (topic, partition), offset in offsets.items():
+            self._consumer.seek(TopicPartition(topic, partition), offset)
+
     def settle(self) -> None:
         """Wait for the commit in flight (``async_commit``); raise ``CommitFailed`` if it failed."""
         failed = self._settle()

@@ -18,6 +18,7 @@ Names (labels in braces):
   it expired); ``entities_known``: gauge of the distinct entities this worker process has stored
 - ``store_conflicts_total``: states not saved because another worker moved the entity on
 - ``commit_failures_total``: offset commits that failed (rebalances)
+- ``rereads_total``: partitions read again from a batch's start because a save was refused
 - ``retries_total{stage}``: batch attempts that failed, by the stage that failed (``poll``,
   ``load``, ``window``, ``score``, ``judge``, ``send``, ``flush``, ``save``, ``dead-letter``,
   ``internal``)
@@ -41,6 +42,7 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     "alerts_total": ("type",),
     "store_conflicts_total": (),
     "commit_failures_total": (),
+    "rereads_total": (),
     "retries_total": ("stage",),
     "model_reloads_total": ("result",),
     "entities_new_total": (),
@@ -60,6 +62,7 @@ HELP: dict[str, str] = {
     "alerts_total": "Alerts published, by type.",
     "store_conflicts_total": "Entity states not saved because another worker moved them on.",
     "commit_failures_total": "Offset commits that failed.",
+    "rereads_total": "Partitions read again from a batch's start because a save was refused.",
     "retries_total": "Batch attempts that failed and were retried, by failing stage.",
     "model_reloads_total": "Model reload attempts, by result.",
     "entities_new_total": "Entities whose state was stored for the first time (or after expiring).",

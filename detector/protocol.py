@@ -45,6 +45,9 @@ class Source(Protocol):
         """Commit ``offsets`` ((topic, partition) -> next offset to read) or, without them, the
         position after every message returned by ``poll`` so far."""
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Read each (topic, partition) again from the given offset on the next ``poll``."""
+
     def lag(self) -> int | None:
         """Messages behind the end of the assigned partitions, if known."""
 

@@ -51,6 +51,7 @@ from detector.batch import (
     Offsets, Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
     prepare, score_batch,
 )
+from detector.commit import Commits, reread
 from detector.config import CARRY, DEAD_LETTER, WorkerConfig, describe
 from detector.decoder import ReadingDecoder
 from detector.isolate import isolate
@@ -113,6 +114,7 @@ class Worker:
         self._lag_at = float("-inf")
         self._pending: _InFlight | None = None
         self._known: set[str] = set()  # entities stored by this process (``entities_known``)
+        self._commits = Commits(source, self.metrics)
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -168,7 +170,7 @@ class Worker:
         messages = self._poll(self.config.max_wait_ms)
         if not messages:
             return 0
-        self._process(self._parse(messages), None)
+        self._process(self._parse(messages), offsets_after(messages))
         return len(messages)
 
     def pump(self) -> int:
@@ -193,6 +195,8 @@ class Worker:
         except Exception:
             self.drain()
             raise
+        if pending is not self._pending:  # the revoke callback finished or dropped it
+            pending = self._pending
         if not messages:
             self.drain()
             return 0
@@ -221,7 +225,7 @@ class Worker:
             self._pending = None
             self._redo([pending, (parsed, offsets)], _as_stage(exc))
             return len(messages)
-        self._done(outcome, lost, pending.offsets)
+        self._done(outcome, lost, pending.offsets, pending.parsed)
         if not backlog:
             self.drain()
         return len(messages)
@@ -236,7 +240,28 @@ class Worker:
         except Exception as exc:
             self._redo([pending], _as_stage(exc))
             return
-        self._done(outcome, lost, pending.offsets)
+        self._done(outcome, lost, pending.offsets, pending.parsed)
+
+    def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
+        """The consumer's revoke callback (it runs inside ``poll``, before the partitions go):
+        finish the batch in flight and wait for its commit, or drop it if it fails (the next
+        owner replays it); from then on nothing is committed for these partitions."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                outcome, lost = self._finish(pending.prepared, self._scores(pending))
+            except Exception as exc:
+                log.warning("partitions revoked; dropped the batch in flight, uncommitted (the "
+                            "next owner replays it): %s", describe(exc))
+            else:
+                self._done(outcome, lost, pending.offsets, pending.parsed)
+        self._commits.settle()  # an asynchronous commit still in flight
+        self._commits.revoke(partitions)
+
+    def on_assigned(self, partitions: list[tuple[str, int]]) -> None:
+        """The consumer's assign callback: these partitions may be committed again, from
+        wherever the group has them (another owner may have moved them on)."""
+        self._commits.assign(partitions)
 
     def _scores(self, pending: _InFlight) -> Scored:
         """The in-flight batch's scores, waited for at most twice ``score_timeout_s`` (the
@@ -329,7 +354,7 @@ class Worker:
                 log.warning("stop requested; leaving %d messages uncommitted", len(parsed))
                 return False
             delay = min(delay * 2, self.config.backoff_max_s)
-        self._done(outcome, lost, offsets)
+        self._done(outcome, lost, offsets, parsed)
         return True
 
     def _redo(self, batches: list, failed: StageFailed) -> None:
@@ -344,26 +369,30 @@ class Worker:
                 return
             failed = None
 
-    def _done(self, outcome: Outcome, lost: list[str], offsets: Offsets | None) -> None:
+    def _done(self, outcome: Outcome, lost: list[str], offsets: Offsets | None,
+              parsed: list[ParsedReading | Rejection]) -> None:
         self._set_ready(True)
         self._heartbeat = self.clock()  # a batch finished: alive
         for (name, labels), n in outcome.items():
             if n:
                 self.metrics.inc(name, n, **dict(labels))
         if lost:
-            log.warning("state of %d entities moved on in another worker, not saved: %s",
-                        len(lost), ", ".join(lost[:10]))
+            log.warning("state of %d entities moved on in another worker, not saved; reading "
+                        "their partitions again: %s", len(lost), ", ".join(lost[:10]))
+            pending, self._pending = self._pending, None  # it stands on the refused states
+            offsets, rewind, refused = reread(set(lost), offsets or {}, parsed,
+                                              pending.parsed if pending else None,
+                                              self._commits.revoked)
+            if pending is not None:
+                wait([pending.future], timeout=2 * self.config.score_timeout_s)
+            if rewind:
+                self.source.seek(rewind)
+            self.metrics.inc("rereads_total", len(refused))
         self._commit(offsets)
 
     def _commit(self, offsets: Offsets | None) -> None:
-        try:
-            if offsets is None:
-                self.source.commit()
-            else:
-                self.source.commit(offsets)
-        except Exception as exc:
-            self.metrics.inc("commit_failures_total")
-            log.warning("offset commit failed (the next owner replays the batch): %s", describe(exc))
+        self._commits.commit(offsets)
+
 
     def _maybe_reload(self) -> None:
         if not self._reload.is_set():

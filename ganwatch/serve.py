@@ -137,9 +137,20 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         ssl_keyfile=settings.ssl_keyfile,
     )
     compression = None if settings.compression_type == "none" else settings.compression_type
+    rebalance: dict[str, Worker] = {}  # the consumer exists before the worker its callbacks call
+
+    def revoked(partitions: list[tuple[str, int]]) -> None:
+        if "worker" in rebalance:
+            rebalance["worker"].on_revoked(partitions)
+
+    def assigned(partitions: list[tuple[str, int]]) -> None:
+        if "worker" in rebalance:
+            rebalance["worker"].on_assigned(partitions)
+
     try:
         source = KafkaSource(
             settings.input_topics, settings.group_id, settings.bootstrap_servers, security,
+            on_revoked=revoked, on_assigned=assigned,
             max_poll_records=settings.max_batch, session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -176,6 +187,7 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         score_timeout_s=settings.score_timeout_s, live_timeout_s=settings.live_timeout_s,
     )
     worker = Worker(source, sink, store, loader, config, metrics)
+    rebalance["worker"] = worker
     health = None
     if settings.metrics_port:
         try:

@@ -117,7 +117,7 @@ def rig(kafka_bootstrap, redis_url, topic_factory, fast_consumer_config):
         made.append((sink, client))
         return worker
 
-    make.topics = topics
+    make.topics, make.group = topics, group
     yield make
     for sink, client in made:
         sink.close()
@@ -337,3 +337,67 @@ def test_fuzzed_bytes_are_dead_lettered_with_the_original_bytes(
         assert worker.ready
     finally:
         dead_reader.close()
+
+
+def test_a_rebalance_finishes_the_revoked_batch_and_commits_only_owned_partitions(
+        kafka_bootstrap, topic_factory, rig):
+    readings = topic_factory(partitions=2)
+    msgs = scenario()
+    half, rest = msgs[:45], msgs[45:]  # t < 15, then the rest
+    part = lambda m: int(m.key[1:]) % 2  # noqa: E731  e2 on 0, e1 and e3 on 1
+    ends = {p: sum(1 for m in msgs if part(m) == p) for p in (0, 1)}
+    watcher = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=rig.group,
+                            enable_auto_commit=False)
+
+    def committed() -> dict:
+        return {p: watcher.committed(TopicPartition(readings, p)) for p in (0, 1)}
+
+    workers, commits, in_callback, revokes, assigned = [], {0: [], 1: []}, set(), [], {}
+
+    def hooks(i: int) -> dict:
+        def revoked(parts):
+            in_callback.add(i)
+            try:
+                revokes.append((i, parts))
+                workers[i].on_revoked(parts)
+            finally:
+                in_callback.discard(i)
+
+        def on_assigned(parts):
+            assigned[i] = parts
+            workers[i].on_assigned(parts)
+        return {"on_revoked": revoked, "on_assigned": on_assigned}
+
+    for i in range(2):
+        workers.append(rig(readings, **hooks(i)))
+        commit = workers[i].source.commit
+
+        def recording(offsets=None, i=i, commit=commit):
+            owned = set(workers[i].source.assignment())
+            commits[i].append((dict(offsets or {}), owned, i in in_callback))
+            commit(offsets)
+
+        workers[i].source.commit = recording
+    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
+    produce(kafka_bootstrap, readings, half, partition_of=part)
+    with Running(workers[0]):
+        wait_until(lambda: workers[0].metrics.count("readings_total") >= len(half), "the first half")
+        with Running(workers[1]):  # joins: the group rebalances under a running worker
+            wait_until(lambda: len(assigned) == 2 and all(len(p) == 1 for p in assigned.values()),
+                       "one partition each")
+            produce(kafka_bootstrap, readings, rest, partition_of=part)
+            got = reader.wait_for(4, "all alerts")
+            wait_until(lambda: sum(w.metrics.count("readings_total") for w in workers) >= 90,
+                       "all consumed")
+            wait_until(lambda: committed() == ends, "every offset committed")
+    watcher.close(autocommit=False)
+    assert assigned[0] != assigned[1] and any(i == 0 for i, _ in revokes)  # A gave one up
+    assert {a["alert_id"] for a in got} == EXPECTED_IDS
+    for i in range(2):
+        last: dict = {}
+        for offsets, owned, during_revoke in commits[i]:
+            assert during_revoke or set(offsets) <= owned, (i, offsets, owned)
+            for tp, o in offsets.items():
+                assert o > last.get(tp, -1), (i, tp, o, last)  # never backwards
+                last[tp] = o
+    reader.close()
