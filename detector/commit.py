@@ -74,15 +74,22 @@ def reread(lost: set[str], offsets: Offsets, parsed: Sequence[ParsedReading | Re
     committed, where to seek back to, the refused partitions).
 
     The partitions the refused entities' readings came from go back to this batch's start and
-    are left out of the commit; with a ``following`` batch (in flight on the refused states, to
-    be dropped) every partition goes back to where either batch started."""
-    starts: Offsets = {}
-    for batch in [parsed] + ([following] if following is not None else []):
-        for p in batch:
-            tp = (p.message.topic, p.message.partition)
-            starts[tp] = min(starts.get(tp, p.message.offset), p.message.offset)
+    are left out of the commit; a ``following`` batch (in flight on the refused states, to be
+    dropped) has its other partitions go back to where it started."""
     refused = {(p.message.topic, p.message.partition) for p in parsed
                if type(p) is ParsedReading and p.entity in lost}
-    rewind = {tp: o for tp, o in starts.items()
-              if tp not in revoked and (following is not None or tp in refused)}
+    ours, theirs = _starts(parsed), _starts(following or ())
+    rewind = {tp: ours[tp] for tp in refused}
+    for tp, o in theirs.items():
+        rewind.setdefault(tp, o)
+    rewind = {tp: o for tp, o in rewind.items() if tp not in revoked}
     return {tp: o for tp, o in offsets.items() if tp not in refused}, rewind, refused
+
+
+def _starts(batch: Sequence[ParsedReading | Rejection]) -> Offsets:
+    """The first offset of each partition in ``batch``."""
+    out: Offsets = {}
+    for p in batch:
+        tp = (p.message.topic, p.message.partition)
+        out[tp] = min(out.get(tp, p.message.offset), p.message.offset)
+    return out

@@ -81,3 +81,22 @@ def test_an_entity_another_worker_saved_is_loaded_again_not_carried():
     drain(r.worker)
     r.worker.close()
     assert r.metrics.count("store_conflicts_total") == 1 and r.source.committed == 90
+
+
+def test_a_refused_save_rewinds_only_its_partition_to_its_batch_and_the_next_batch_to_its_own():
+    from detector.commit import reread
+    from detector.message import ParsedReading, Rejection
+    from detector.protocol import Message
+
+    def reading(entity, partition, offset):
+        return ParsedReading(entity, 0, (0.0,), (), Message("t", partition, offset, None, b"", 0))
+
+    batch = [reading("a", 0, 10), reading("b", 1, 20), reading("a", 0, 11),
+             Rejection("not_json", "", Message("t", 2, 5, None, b"", 0))]
+    following = [reading("b", 1, 21), reading("c", 3, 40), reading("a", 0, 12)]
+    commit, rewind, refused = reread({"a"}, {("t", 0): 12, ("t", 1): 21, ("t", 2): 6}, batch,
+                                     following, revoked={("t", 3)})
+    assert refused == {("t", 0)} and commit == {("t", 1): 21, ("t", 2): 6}
+    assert rewind == {("t", 0): 10, ("t", 1): 21}  # not 20: batch N's part of it is committed
+    commit, rewind, _ = reread({"a"}, {("t", 0): 12, ("t", 1): 21}, batch, None, set())
+    assert rewind == {("t", 0): 10} and commit == {("t", 1): 21}
