@@ -66,6 +66,8 @@ __all__ = ["CARRY", "DEAD_LETTER", "ModelLoader", "ScoreTimeout", "Worker", "Wor
 
 log = logging.getLogger(__name__)
 
+MAX_KNOWN = 1_000_000  # entity names kept for ``entities_known``: at most ~300 MB
+
 class ScoreTimeout(RuntimeError):
     """A batch's scores did not come within ``score_timeout_s`` (not an outage: retries are
     bounded, then the batch is isolated)."""
@@ -308,7 +310,12 @@ class Worker:
         outcome, lost = finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
                                self.metrics)
         known = len(self._known)
-        self._known.update(s.entity for s in prepared.changed)
+        if known < MAX_KNOWN:  # bounded memory: past the cap the gauge says "at least"
+            for state in prepared.changed:
+                self._known.add(state.entity)
+                if len(self._known) >= MAX_KNOWN:
+                    log.warning("%d entities: entities_known stops counting", MAX_KNOWN)
+                    break
         if len(self._known) != known:
             self.metrics.set("entities_known", len(self._known))
         return outcome, lost

@@ -556,3 +556,13 @@ def test_new_and_known_entities_are_counted():
     drain(r2.worker)
     assert [d["reason"] for d in alerts(r2.sink, "ganwatch.dead-letter")] == ["bad_entity"] * 2
     assert r2.metrics.count("entities_new_total") == 0
+
+
+def test_the_known_entities_gauge_is_bounded(monkeypatch):
+    import detector.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "MAX_KNOWN", 2)
+    r = rig(scenario()[:9])
+    drain(r.worker)
+    assert r.metrics.gauges["entities_known"] == 2 and len(r.worker._known) == 2
+    assert r.metrics.count("entities_new_total") == 3  # the counter still counts every one
