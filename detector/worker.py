@@ -34,6 +34,11 @@ still fail are set aside as dead letters (``detector/isolate.py``). Liveness (``
 one batch has taken longer than ``live_timeout_s``, however many retries that was. If a stop is
 requested meanwhile it exits without committing. A commit failure (a rebalance took the
 partitions away) is counted and logged, not fatal: the next owner replays.
+
+Rebalances (``on_revoked`` / ``on_assigned``, the consumer's callbacks, and
+``detector/commit.py``): the batch in flight is finished or dropped before partitions go, lost
+partitions are never committed, offsets never move backwards, and the partitions of a save
+another worker refused are read again from the batch's start instead of being committed.
 """
 
 from __future__ import annotations
