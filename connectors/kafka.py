@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError, for_code
 
-from detector.protocol import Message
+from detector.protocol import Message, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ class CommitFailed(KafkaConnectorError):
 
 class DeliveryFailed(KafkaConnectorError):
     """At least one record since the last flush was not acknowledged by the broker."""
+
+
+class DeliveryUnavailable(DeliveryFailed, Unavailable):
+    """Delivery failed for a passing reason (no broker, a timeout, a leader moving): an outage,
+    which the worker waits out, unlike a record the broker refuses (too large, say)."""
+
+
+def _delivery_error(message: str, cause: BaseException | None) -> DeliveryFailed:
+    passing = cause is None or isinstance(cause, KafkaTimeoutError) or getattr(
+        cause, "retriable", False)
+    return (DeliveryUnavailable if passing else DeliveryFailed)(message)
 
 
 def security_config(
@@ -177,6 +188,11 @@ class KafkaSource:
             raise CommitFailed(f"offset commit for group {self.group_id!r} failed (a later one "
                                f"is on its way): {previous}")
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Fetch each (topic, partition) from ``offsets`` again on the next ``poll``."""
+        for (topic, partition), offset in offsets.items():
+            self._consumer.seek(TopicPartition(topic, partition), offset)
+
     def settle(self) -> None:
         """Wait for the commit in flight (``async_commit``); raise ``CommitFailed`` if it failed."""
         failed = self._settle()
@@ -279,7 +295,7 @@ class KafkaSink:
         try:
             self._futures.append(self._producer.send(topic, key=key, value=value))
         except KafkaError as exc:
-            raise DeliveryFailed(f"cannot queue a record for {topic!r}: {exc}") from exc
+            raise _delivery_error(f"cannot queue a record for {topic!r}: {exc}", exc) from exc
 
     def flush(self) -> None:
         """Wait for every queued record; raise ``DeliveryFailed`` if any was not acknowledged."""
@@ -289,13 +305,16 @@ class KafkaSink:
         try:
             self._producer.flush(timeout=self.flush_timeout_s)
         except KafkaError as exc:
-            raise DeliveryFailed(f"flush of {len(futures)} records did not complete: {exc}") from exc
+            raise _delivery_error(f"flush of {len(futures)} records did not complete: {exc}",
+                                  exc) from exc
         failed = [f for f in futures if not f.is_done or f.failed()]
         if failed:
             first = failed[0].exception if failed[0].is_done else "not completed"
-            raise DeliveryFailed(
-                f"{len(failed)} of {len(futures)} records not delivered; first: {first}"
-            )
+            refused = next((f.exception for f in failed if f.is_done and not isinstance(
+                f.exception, KafkaTimeoutError) and not getattr(f.exception, "retriable", False)),
+                None)  # one record the broker refuses makes it not an outage
+            raise _delivery_error(
+                f"{len(failed)} of {len(futures)} records not delivered; first: {first}", refused)
 
     def close(self) -> None:
         """Flush (raising ``DeliveryFailed`` on failures), then release the producer. Idempotent."""

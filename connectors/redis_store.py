@@ -11,19 +11,23 @@ Both ``load`` and ``save`` are a single pipelined round trip whatever the number
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import json
 import logging
 import ssl
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from detector.protocol import Unavailable
 from detector.stream import EntityState
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,10 @@ URL_SCHEMES = ("redis", "rediss", "unix")
 _TS = np.dtype("<i8")
 _VALUES = np.dtype("<f8")
 _CAS_LUA = importlib.resources.files("connectors").joinpath("state_cas.lua").read_text("utf-8")
+
+
+class StoreUnavailable(Unavailable):
+    """Redis could not be reached or did not answer in time (the worker waits it out)."""
 
 
 class StateDecodeError(ValueError):
@@ -81,7 +89,8 @@ class RedisStateStore:
         pipe = self.client.pipeline(transaction=False)
         for entity in unique:
             pipe.hgetall(self.key(entity))
-        rows = pipe.execute()
+        with _outage():
+            rows = pipe.execute()
         return {entity: self._decode(entity, row) for entity, row in zip(unique, rows)}
 
     def save(self, states: Sequence[EntityState]) -> list[bool]:
@@ -94,7 +103,8 @@ class RedisStateStore:
         if missing:
             # The server lost its script cache; NOSCRIPT means nothing ran, so resending is safe.
             log.info("state CAS script not cached on the server; loading it")
-            self._cas.sha = self.client.script_load(self._cas.script)
+            with _outage():
+                self._cas.sha = self.client.script_load(self._cas.script)
             for i, r in zip(missing, self._evalsha([calls[i] for i in missing])):
                 results[i] = r
         done, error = [], None
@@ -121,7 +131,8 @@ class RedisStateStore:
         pipe = self.client.pipeline(transaction=False)
         for key, args in calls:
             pipe.evalsha(self._cas.sha, 1, key, *args)
-        return pipe.execute(raise_on_error=False)
+        with _outage():
+            return pipe.execute(raise_on_error=False)
 
     def _cas_args(self, state: EntityState) -> tuple[str, list[Any]]:
         ts = np.ascontiguousarray(state.ts, dtype=_TS)
@@ -176,6 +187,16 @@ class RedisStateStore:
             raise StateDecodeError(f"{where} is corrupt: {exc!r}") from exc
 
 
+@contextlib.contextmanager
+def _outage() -> Iterator[None]:
+    """Connection errors and timeouts as ``StoreUnavailable``; errors Redis answered with (a
+    foreign value, a full memory) stay what they are: they are about particular keys."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
 def redis_client_from_url(
     url: str,
     password: str | None = None,
@@ -214,7 +235,12 @@ def redis_client_from_url(
         kwargs["ssl_ca_certs"] = ssl_ca
         kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     kwargs.update(extra)
-    return redis.Redis.from_url(url, **kwargs)
+    client = redis.Redis.from_url(url, **kwargs)
+    if password is not None:
+        # from_url lets the URL's password (user info or ``?password=``) beat the keyword: put the
+        # flag's one back, as documented. The user name in the URL is kept.
+        client.connection_pool.connection_kwargs["password"] = password
+    return client
 
 
 def redact_url(url: str) -> str:

@@ -28,7 +28,9 @@ import numpy as np
 from detector.alert import (
     AlertContext, encode, make_alerts, score_record, score_stacked, stack, verdicts,
 )
-from detector.message import ParsedReading, Rejection, dead_letter, fill_missing
+from detector.message import (
+    MAX_DEAD_LETTER_BYTES, ParsedReading, Rejection, dead_letter_record, fill_missing,
+)
 from detector.metric import Metrics
 from detector.protocol import Message, Sink, StateStore
 from detector.score import Detector, Threshold
@@ -57,6 +59,7 @@ class Routing:
     scores_topic: str | None
     alert_mode: str
     episode_end_windows: int
+    max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES
 
 
 @dataclass
@@ -128,9 +131,9 @@ def prepare(
             windows.extend(refs)
             if stats.accepted:
                 changed.append(state)
+        stacked = stack(windows) if windows else np.empty((0, 0, 0))  # here: overlapped when pipelined
     except Exception as exc:
         raise StageFailed(stage, exc) from exc
-    stacked = stack(windows) if windows else np.empty((0, 0, 0))  # here: overlapped when pipelined
     return Prepared(detector, threshold, states, changed, windows, stacked, rejects, outcome,
                     carried={e for e in by_entity if e in carried})
 
@@ -153,18 +156,16 @@ def finish(
 ) -> tuple[Outcome, list[str]]:
     """Judge, publish, flush, then save (compare-and-set); return what the batch did and the
     entities whose state had moved on in another worker (not saved)."""
-    judged = verdicts(prepared.windows, prepared.threshold, *scored)
     out = Counter(prepared.outcome)
-    out["windows_scored_total", ()] = len(judged)
     detector = prepared.detector
-    ctx = AlertContext(detector.channels, prepared.threshold.value, detector.version,
-                       int(now() * 1000))
-    stage = "send"
+    stage = "judge"
     try:
-        for rejection in prepared.rejects:
-            key, value = dead_letter(rejection, ctx.now_ms)
-            sink.send(routing.dead_letter_topic, key, value)
-            out["dead_letters_total", (("reason", rejection.reason),)] += 1
+        judged = verdicts(prepared.windows, prepared.threshold, *scored)
+        out["windows_scored_total", ()] = len(judged)
+        ctx = AlertContext(detector.channels, prepared.threshold.value, detector.version,
+                           int(now() * 1000))
+        stage = "send"
+        send_dead_letters(prepared.rejects, sink, routing, ctx.now_ms, out)
         alert_ts: list[int] = []
         for v in judged:
             key = v.entity.encode("utf-8")
@@ -187,7 +188,21 @@ def finish(
     lost = [s.entity for s, ok in zip(prepared.changed, saved) if not ok]
     if lost:
         out["store_conflicts_total", ()] = len(lost)
+    new = sum(1 for s, ok in zip(prepared.changed, saved) if ok and s.version == 1)  # first save
+    if new:
+        out["entities_new_total", ()] = new
     return out, lost
+
+
+def send_dead_letters(rejects: Sequence[Rejection], sink: Sink, routing: Routing, now_ms: int,
+                      out: Outcome) -> None:
+    """Queue one dead letter per rejection (cut to ``routing.max_dead_letter_bytes``), counted."""
+    for rejection in rejects:
+        key, value, cut = dead_letter_record(rejection, now_ms, routing.max_dead_letter_bytes)
+        sink.send(routing.dead_letter_topic, key, value)
+        out["dead_letters_total", (("reason", rejection.reason),)] += 1
+        if cut:
+            out["dead_letters_truncated_total", ()] += 1
 
 
 def follow_versions(finished: Prepared, following: Prepared, lost: Sequence[str]) -> None:

@@ -72,7 +72,8 @@ class ReadingDecoder:
                 doc = decode(m.value)
                 row = (values(doc.values),) if single else values(doc.values)
                 entity, ts = doc.entity, doc.ts
-                if not (type(entity) is str and 0 < len(entity) <= MAX_ENTITY and entity.isascii()):
+                if not (type(entity) is str and 0 < len(entity) <= MAX_ENTITY and entity.isascii()
+                        and entity.isprintable()):
                     entity = resolve_entity(entity, m.key, fields.entity)
                 if not (type(ts) is int and 0 <= ts <= MAX_TS_MS):
                     ts = parse_ts(ts)

@@ -85,6 +85,14 @@ class InMemorySource:
             if m.offset < offsets.get((m.topic, m.partition), -1):
                 self.committed = max(self.committed, i + 1)
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Back to the first message at or after each offset; one list holds every partition,
+        so later messages of other partitions come again too (as duplicates)."""
+        for i, m in enumerate(self.messages[: self.position]):
+            if m.offset >= offsets.get((m.topic, m.partition), m.offset + 1):
+                self.position = i
+                return
+
     def lag(self) -> int | None:
         return len(self.messages) - self.position
 

@@ -27,7 +27,7 @@ from detector.stream import EntityState
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last instant ISO output can show
 MAX_TS_TEXT = 64
-MAX_ENTITY = 512
+MAX_ENTITY = 256  # characters; an entity name is a Redis key and a Kafka key downstream
 MAX_DETAIL = 200
 
 
@@ -115,6 +115,22 @@ def _parse(msg: Message, channels: Sequence[str], fields: FieldNames) -> ParsedR
     return ParsedReading(entity, ts_ms, values, tuple(missing), msg)
 
 
+def reject_future(parsed: list[ParsedReading | Rejection], now_ms: int,
+                  max_future_ms: int) -> int:
+    """Replace, in place, every reading dated more than ``max_future_ms`` after ``now_ms`` by a
+    ``future_ts`` rejection; return how many. One reading from a clock a year ahead would
+    otherwise make every real reading of its entity look like a replayed duplicate."""
+    limit, n = now_ms + max_future_ms, 0
+    for i, p in enumerate(parsed):
+        if type(p) is ParsedReading and p.ts_ms > limit:
+            ahead = (p.ts_ms - now_ms) / 1000
+            parsed[i] = Rejection("future_ts", f"timestamp {iso_ms(p.ts_ms)} is {ahead:.3f} s ahead "
+                                  f"of the worker's clock (more than {max_future_ms / 1000:g} s)",
+                                  p.message)
+            n += 1
+    return n
+
+
 def fill_missing(
     readings: Sequence[ParsedReading], state: EntityState, carry: bool, channels: Sequence[str]
 ) -> tuple[list[ParsedReading], list[Rejection]]:
@@ -164,11 +180,13 @@ def resolve_entity(field: Any, key: bytes | None, name: str) -> str:
         if not entity:
             raise _Reject("bad_key", "record key is empty")
     if len(entity) > MAX_ENTITY:
-        raise _Reject("bad_type", f"entity longer than {MAX_ENTITY} characters")
+        raise _Reject("bad_entity", f"entity longer than {MAX_ENTITY} characters")
     try:
         entity.encode("utf-8")  # JSON escapes can smuggle lone surrogates in; keys must encode
     except UnicodeEncodeError:
-        raise _Reject("bad_type", "entity is not valid Unicode") from None
+        raise _Reject("bad_entity", "entity is not valid Unicode") from None
+    if not entity.isprintable():  # control characters, newlines: they break keys, logs, dashboards
+        raise _Reject("bad_entity", f"entity has unprintable characters: {entity[:40]!r}")
     return entity
 
 
@@ -220,9 +238,37 @@ def iso_ms(ts_ms: int) -> str:
     return f"{dt:%Y-%m-%dT%H:%M:%S}.{dt.microsecond // 1000:03d}Z"
 
 
-def dead_letter(rejection: Rejection, now_ms: int) -> tuple[bytes | None, bytes]:
-    """The dead-letter record (key, value): the original bytes, where they came from, and why."""
+MAX_DEAD_LETTER_BYTES = 1_000_000  # key + value; Kafka's default limits are 1 MiB with overhead
+
+
+def dead_letter(rejection: Rejection, now_ms: int,
+                max_bytes: int = MAX_DEAD_LETTER_BYTES) -> tuple[bytes | None, bytes]:
+    """The dead-letter record (key, value): the original bytes, where they came from, and why.
+
+    A record whose key and value would pass ``max_bytes`` (a 700 KB value is carried twice, as
+    base64 and as text) is cut to fit: ``value_text`` goes first, then the base64 of the key and
+    value is shortened; ``truncated`` is then true and ``key_bytes``/``value_bytes`` give the
+    original sizes. A record key over a quarter of the budget is not reused as the key.
+    """
+    key, value, _ = dead_letter_record(rejection, now_ms, max_bytes)
+    return key, value
+
+
+def dead_letter_record(rejection: Rejection, now_ms: int,
+                       max_bytes: int = MAX_DEAD_LETTER_BYTES) -> tuple[bytes | None, bytes, bool]:
+    """``dead_letter`` and whether it had to be cut."""
+    key, value = _dead_letter(rejection, now_ms, None)
+    if len(value) + len(key or b"") <= max_bytes:
+        return key, value, False
+    return *_dead_letter(rejection, now_ms, max_bytes), True
+
+
+def _dead_letter(rejection: Rejection, now_ms: int,
+                 max_bytes: int | None) -> tuple[bytes | None, bytes]:
     msg = rejection.message
+    record_key = msg.key
+    if max_bytes is not None and record_key is not None and len(record_key) > max_bytes // 4:
+        record_key = None
     doc: dict[str, Any] = {
         "reason": rejection.reason,
         "detail": rejection.detail,
@@ -235,14 +281,31 @@ def dead_letter(rejection: Rejection, now_ms: int) -> tuple[bytes | None, bytes]
         "key_b64": _b64(msg.key),
         "value_b64": _b64(msg.value),
     }
-    if msg.value is not None:
+    if msg.value is not None and max_bytes is None:
         try:
             doc["value_text"] = msg.value.decode("utf-8")
         except UnicodeDecodeError:
             pass  # value_b64 still carries it
     doc["dead_lettered_at"] = iso_ms(now_ms)
+    if max_bytes is not None:
+        doc["truncated"] = True
+        doc["key_bytes"] = None if msg.key is None else len(msg.key)
+        doc["value_bytes"] = None if msg.value is None else len(msg.value)
+        doc["key_b64"] = doc["value_b64"] = ""
+        room = max_bytes - len(record_key or b"") - len(_encode(doc)) - 16  # quotes, padding
+        budget = max(0, room * 3 // 4)  # raw bytes that fit as base64
+        n_key, n_value = len(msg.key or b""), len(msg.value or b"")
+        small = min(n_key, n_value, budget // 2)  # the smaller one whole if it fits in half
+        key_room = small if n_key <= n_value else min(n_key, budget - small)
+        value_room = min(n_value, budget - key_room)
+        doc["key_b64"] = _b64(msg.key[:key_room]) if msg.key is not None else None
+        doc["value_b64"] = _b64(msg.value[:value_room]) if msg.value is not None else None
+    return record_key, _encode(doc)
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
     # backslashreplace turns a stray surrogate in a detail into a JSON escape instead of raising
-    return msg.key, json.dumps(doc, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _b64(data: bytes | None) -> str | None:

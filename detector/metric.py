@@ -14,9 +14,17 @@ Names (labels in braces):
 - ``scoring_seconds``: histogram of one batched ``detector.score`` call
 - ``event_to_alert_seconds``: histogram of (flush time - reading timestamp), one per alert
 - ``consumer_lag``, ``ready``: gauges
+- ``entities_new_total``: entities whose state was stored for the first time (or again after
+  it expired); ``entities_known``: gauge of the distinct entities this worker process has stored
 - ``store_conflicts_total``: states not saved because another worker moved the entity on
 - ``commit_failures_total``: offset commits that failed (rebalances)
-- ``retries_total{stage}``: batch attempts that failed, by the stage that failed
+- ``rereads_total``: partitions read again from a batch's start because a save was refused
+- ``retries_total{stage}``: batch attempts that failed, by the stage that failed (``poll``,
+  ``load``, ``window``, ``score``, ``judge``, ``send``, ``flush``, ``save``, ``dead-letter``,
+  ``internal``)
+- ``set_aside_total{stage}``: readings set aside as dead letters after their entity kept failing
+  at ``stage``; ``entities_set_aside_total``: entities set aside (once per batch)
+- ``dead_letters_truncated_total``: dead letters cut to fit ``max_dead_letter_bytes``
 - ``model_reloads_total{result}``: reload attempts (``ok`` / ``error``)
 """
 
@@ -34,11 +42,16 @@ COUNTERS: dict[str, tuple[str, ...]] = {
     "alerts_total": ("type",),
     "store_conflicts_total": (),
     "commit_failures_total": (),
+    "rereads_total": (),
     "retries_total": ("stage",),
     "model_reloads_total": ("result",),
+    "entities_new_total": (),
+    "set_aside_total": ("stage",),
+    "entities_set_aside_total": (),
+    "dead_letters_truncated_total": (),
 }
 HISTOGRAMS: tuple[str, ...] = ("batch_size", "scoring_seconds", "event_to_alert_seconds")
-GAUGES: tuple[str, ...] = ("consumer_lag", "ready")
+GAUGES: tuple[str, ...] = ("consumer_lag", "ready", "entities_known")
 
 HELP: dict[str, str] = {
     "readings_total": "Messages consumed from the readings topic, valid or not.",
@@ -49,8 +62,14 @@ HELP: dict[str, str] = {
     "alerts_total": "Alerts published, by type.",
     "store_conflicts_total": "Entity states not saved because another worker moved them on.",
     "commit_failures_total": "Offset commits that failed.",
+    "rereads_total": "Partitions read again from a batch's start because a save was refused.",
     "retries_total": "Batch attempts that failed and were retried, by failing stage.",
     "model_reloads_total": "Model reload attempts, by result.",
+    "entities_new_total": "Entities whose state was stored for the first time (or after expiring).",
+    "set_aside_total": "Readings set aside as dead letters after their entity kept failing, by stage.",
+    "entities_set_aside_total": "Entities set aside from a batch after they kept failing.",
+    "dead_letters_truncated_total": "Dead letters cut to fit the broker's record size limit.",
+    "entities_known": "Distinct entities this worker process has stored state for.",
     "batch_size": "Messages per poll batch.",
     "scoring_seconds": "Seconds per batched detector.score call.",
     "event_to_alert_seconds": "Seconds from a reading's timestamp to its alert being published.",

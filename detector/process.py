@@ -10,7 +10,8 @@ safetensors and JSON, strictly) and answers one request at a time over its stdin
 Frames are a 4-byte length and a JSON header; the windows, scores and contributions
 travel as float64 through a memory-mapped file both processes share (``_Shared``). Nothing else
 crosses the pipe (the child's own prints go to stderr). A child that dies is started again on
-the next call, which fails first (the worker retries the batch).
+the next call, which fails first (the worker retries the batch). So is one that does not answer
+within ``timeout_s``: it is killed, the call raises ``ScoringTimeout``.
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def main(argv: list[str]) -> int:
         _send(out, reply)
 
 
+class ScoringTimeout(RuntimeError):
+    """The child did not answer within ``ProcessDetector.timeout_s`` and was killed."""
+
+
 class _Shared:
     """The float64 buffer both processes map: windows in, scores and contributions out. Only
     small headers cross the pipe, so the parent's thread needs the GIL a few times per batch, not
@@ -143,11 +148,15 @@ class ProcessDetector:
     """
 
     def __init__(self, model_dir: str | Path, inline: Any, device: str = "cpu",
-                 torch_threads: int = 1, inline_below: int = INLINE_BELOW) -> None:
+                 torch_threads: int = 1, inline_below: int = INLINE_BELOW,
+                 timeout_s: float | None = None) -> None:
+        """``timeout_s``: the longest one call may wait for the child; past it the child is
+        killed (the call raises ``ScoringTimeout``) and started again on the next call."""
         # absolute: the child runs from the package's root, not from this process's directory
         self.model_dir = str(Path(model_dir).resolve())
         self.device, self.torch_threads = device, torch_threads
         self.inline, self.inline_below = inline, inline_below
+        self.timeout_s = timeout_s
         self.channels, self.window = list(inline.channels), inline.window
         self.version = inline.version
         self._lock = threading.Lock()
@@ -173,13 +182,29 @@ class ProcessDetector:
             buf = self._shared.array
             at = n * self.window * c
             buf[:at] = windows.ravel()
+            proc, expired = self._proc, threading.Event()
+            # the deadline: a hung child (deadlocked, stopped, swapping) is killed, which ends
+            # the read below; holding the lock with no deadline would stall every later batch
+            timer = None if self.timeout_s is None else threading.Timer(
+                self.timeout_s, lambda: (expired.set(), proc.kill()))
             try:
-                _send(self._proc.stdin, {"op": "score", "n": n, "path": self._shared.path,
-                                         "size": self._shared.size})
-                header = _recv(self._proc.stdout)
+                if timer is not None:
+                    timer.daemon = True
+                    timer.start()
+                _send(proc.stdin, {"op": "score", "n": n, "path": self._shared.path,
+                                   "size": self._shared.size})
+                header = _recv(proc.stdout)
             except (EOFError, OSError, ValueError) as exc:
                 self._stop()  # started again on the next call
+                if expired.is_set():
+                    log.warning("scoring process %d took over %g s; killed, restarts on the next "
+                                "call", proc.pid, self.timeout_s)
+                    raise ScoringTimeout(f"no scores within {self.timeout_s:g} s; the scoring "
+                                         "process was killed") from None
                 raise RuntimeError(f"scoring process died: {type(exc).__name__}: {exc}") from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if not header.get("ok"):
                 raise RuntimeError(f"scoring process: {header.get('error')}")
             return ScoreBatch(scores=buf[at : at + n].copy(),

@@ -8,6 +8,20 @@ from typing import Mapping, Protocol, Sequence
 from detector.stream import EntityState
 
 
+class Unavailable(Exception):
+    """A server could not be reached or did not answer in time: nothing is wrong with the batch.
+
+    Connectors raise subclasses of it for outages; the worker retries such a failure for as long
+    as it lasts and never sets records aside because of it. Any other exception a stage raises is
+    retried a bounded number of times, then the records or entities it fails on are set aside.
+    """
+
+
+def is_outage(exc: BaseException) -> bool:
+    """An outage (retried while it lasts) rather than a problem with particular records."""
+    return isinstance(exc, (Unavailable, ConnectionError, TimeoutError))
+
+
 @dataclass(slots=True)  # not frozen: building a frozen one costs 0.35 us more per record
 class Message:
     """One consumed record, as a Source hands it to the worker."""
@@ -30,6 +44,9 @@ class Source(Protocol):
     def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
         """Commit ``offsets`` ((topic, partition) -> next offset to read) or, without them, the
         position after every message returned by ``poll`` so far."""
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Read each (topic, partition) again from the given offset on the next ``poll``."""
 
     def lag(self) -> int | None:
         """Messages behind the end of the assigned partitions, if known."""

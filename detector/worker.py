@@ -24,11 +24,21 @@ from the store (see ``detector/batch.py``). The background thread mostly waits: 
 should score elsewhere (``detector.process.ProcessDetector``, as ``serve`` wires it), because a
 model scored on the thread itself needs the GIL the main thread holds while it parses.
 
-Faults: when loading, scoring, sending, flushing or saving raises, the worker turns not-ready, logs
-(type and message only, never connection settings), sleeps with exponential backoff and retries the
-WHOLE batch from the state load; the polled messages stay in memory and nothing is committed until
-the batch succeeds. If a stop is requested meanwhile it exits without committing. A commit failure
-(a rebalance took the partitions away) is counted and logged, not fatal: the next owner replays.
+Faults: when any step of a batch raises (load, window, score, judge, send, flush, save, or
+anything else: ``internal``), the worker turns not-ready, logs (type and message only, never
+connection settings), sleeps with exponential backoff and retries the WHOLE batch from the state
+load; the polled messages stay in memory and nothing is committed until the batch succeeds. An
+outage (``detector.protocol.is_outage``) is retried while it lasts; any other failure
+``max_retries`` times per stage, then the batch is finished entity by entity and the entities that
+still fail are set aside as dead letters (``detector/isolate.py``). Liveness (``alive``) fails once
+one batch has taken longer than ``live_timeout_s``, however many retries that was. If a stop is
+requested meanwhile it exits without committing. A commit failure (a rebalance took the
+partitions away) is counted and logged, not fatal: the next owner replays.
+
+Rebalances (``on_revoked`` / ``on_assigned``, the consumer's callbacks, and
+``detector/commit.py``): the batch in flight is finished or dropped before partitions go, lost
+partitions are never committed, offsets never move backwards, and the partitions of a save
+another worker refused are read again from the batch's start instead of being committed.
 """
 
 from __future__ import annotations
@@ -36,63 +46,42 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Callable
 
-from detector.alert import ALERT_MODES, DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS
 from detector.batch import (
     Offsets, Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
     prepare, score_batch,
 )
+from detector.commit import Commits, reread
+from detector.config import CARRY, DEAD_LETTER, WorkerConfig, describe
 from detector.decoder import ReadingDecoder
-from detector.message import FieldNames, ParsedReading, Rejection
+from detector.isolate import isolate
+from detector.message import ParsedReading, Rejection, reject_future
 from detector.metric import Metrics, NullMetrics
-from detector.protocol import Message, Sink, Source, StateStore
-from detector.score import Detector, Threshold
-from detector.stream import EntityState, StreamConfig
+from detector.protocol import Message, Sink, Source, StateStore, is_outage
+from detector.reload import ModelLoader, check_model, swap_model
+from detector.stream import EntityState
+
+__all__ = ["CARRY", "DEAD_LETTER", "ModelLoader", "ScoreTimeout", "Worker", "WorkerConfig",
+           "describe"]
 
 log = logging.getLogger(__name__)
 
-CARRY, DEAD_LETTER = "carry", "dead-letter"
-ModelLoader = Callable[[], tuple[Detector, Threshold]]
+MAX_KNOWN = 1_000_000  # entity names kept for ``entities_known``: at most ~300 MB
+
+class ScoreTimeout(RuntimeError):
+    """A batch's scores did not come within ``score_timeout_s`` (not an outage: retries are
+    bounded, then the batch is isolated)."""
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything the loop needs besides its collaborators."""
-
-    stream: StreamConfig
-    alert_mode: str = DEFAULT_ALERT_MODE
-    episode_end_windows: int = DEFAULT_END_WINDOWS
-    missing_channel: str = CARRY
-    fields: FieldNames = field(default_factory=FieldNames)
-    alerts_topic: str = "ganwatch.alerts"
-    dead_letter_topic: str = "ganwatch.dead-letter"
-    scores_topic: str | None = None
-    max_batch: int = 500
-    max_wait_ms: int = 500
-    backoff_initial_s: float = 0.1
-    backoff_max_s: float = 5.0
-    lag_interval_s: float = 5.0
-    live_timeout_s: float = 120.0
-    pipeline: bool = True  # ``run`` overlaps one batch's scoring with the next one's poll
-    fast_decode: bool | None = None  # msgspec when installed (None), required, or never
-
-    def __post_init__(self) -> None:
-        if self.alert_mode not in ALERT_MODES:
-            raise ValueError(f"alert_mode must be one of {ALERT_MODES}, got {self.alert_mode!r}")
-        if self.missing_channel not in (CARRY, DEAD_LETTER):
-            raise ValueError(f"missing_channel must be {CARRY!r} or {DEAD_LETTER!r}")
-        if self.episode_end_windows < 1 or self.max_batch < 1 or self.max_wait_ms < 0:
-            raise ValueError("episode_end_windows and max_batch must be >= 1, max_wait_ms >= 0")
-        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
-            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
-
-
-def describe(exc: BaseException) -> str:
-    """Type and (truncated) message; tracebacks and connection settings stay out of the logs."""
-    return f"{type(exc).__name__}: {exc}"[:300]
+def _as_stage(exc: Exception) -> StageFailed:
+    """Any exception of a batch step as a ``StageFailed``; one outside the stage guards (a bug,
+    say) is ``internal``, and the batch is redone from the store like any other failure."""
+    return exc if isinstance(exc, StageFailed) else StageFailed("internal", exc)
 
 
 @dataclass
@@ -117,11 +106,12 @@ class Worker:
         self.clock = clock
         self._loader = model_loader
         self.detector, self.threshold = model_loader()
-        self._check_model(self.detector, None)
-        # a reload keeps the channels (``_check_model``), so one decoder serves every model
+        check_model(self.detector, None, config.stream.window)
+        # a reload keeps the channels (``check_model``), so one decoder serves every model
         self._decoder = ReadingDecoder(self.detector.channels, config.fields, config.fast_decode)
         self._routing = Routing(config.alerts_topic, config.dead_letter_topic, config.scores_topic,
-                                config.alert_mode, config.episode_end_windows)
+                                config.alert_mode, config.episode_end_windows,
+                                config.max_dead_letter_bytes)
         self._reload = threading.Event()
         self._stop = threading.Event()
         self._ready = False
@@ -130,6 +120,8 @@ class Worker:
         self._heartbeat = clock()
         self._lag_at = float("-inf")
         self._pending: _InFlight | None = None
+        self._known: set[str] = set()  # entities stored by this process (``entities_known``)
+        self._commits = Commits(source, self.metrics)
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -154,7 +146,7 @@ class Worker:
         delay = self.config.backoff_initial_s
         try:
             while not stop.is_set():
-                self._heartbeat = self.clock()
+                self._heartbeat = self.clock()  # a step returned: not stuck on a batch
                 try:
                     step()
                     delay = self.config.backoff_initial_s
@@ -185,7 +177,7 @@ class Worker:
         messages = self._poll(self.config.max_wait_ms)
         if not messages:
             return 0
-        self._process(self._parse(messages), None)
+        self._process(self._parse(messages), offsets_after(messages))
         return len(messages)
 
     def pump(self) -> int:
@@ -210,6 +202,8 @@ class Worker:
         except Exception:
             self.drain()
             raise
+        if pending is not self._pending:  # the revoke callback finished or dropped it
+            pending = self._pending
         if not messages:
             self.drain()
             return 0
@@ -218,12 +212,13 @@ class Worker:
             1, thread_name_prefix="ganwatch-score")
         try:
             prepared = self._prepare(parsed, pending.prepared.carry() if pending else None)
-            scored = pending.future.result() if pending else None
-        except StageFailed as exc:
+            scored = self._scores(pending) if pending else None
+            future = executor.submit(score_batch, prepared, self.config.max_batch, self.metrics)
+        except Exception as exc:  # any failure: redo what is in flight and this batch, in order
             self._pending = None
-            self._redo([pending, (parsed, offsets)] if pending else [(parsed, offsets)], exc)
+            self._redo([pending, (parsed, offsets)] if pending else [(parsed, offsets)],
+                       _as_stage(exc))
             return len(messages)
-        future = executor.submit(score_batch, prepared, self.config.max_batch, self.metrics)
         self._pending = _InFlight(prepared, future, parsed, offsets)
         backlog = len(messages) >= max(1, self.config.max_batch // 4)
         if pending is None:
@@ -232,13 +227,12 @@ class Worker:
             return len(messages)
         try:
             outcome, lost = self._finish(pending.prepared, scored)
-        except StageFailed as exc:  # the new batch stands on the failed one: redo both
+            follow_versions(pending.prepared, prepared, lost)
+        except Exception as exc:  # the new batch stands on the failed one: redo both
             self._pending = None
-            wait([future])
-            self._redo([pending, (parsed, offsets)], exc)
+            self._redo([pending, (parsed, offsets)], _as_stage(exc))
             return len(messages)
-        follow_versions(pending.prepared, prepared, lost)
-        self._done(outcome, lost, pending.offsets)
+        self._done(outcome, lost, pending.offsets, pending.parsed)
         if not backlog:
             self.drain()
         return len(messages)
@@ -249,11 +243,44 @@ class Worker:
         if pending is None:
             return
         try:
-            outcome, lost = self._finish(pending.prepared, pending.future.result())
-        except StageFailed as exc:
-            self._redo([pending], exc)
+            outcome, lost = self._finish(pending.prepared, self._scores(pending))
+        except Exception as exc:
+            self._redo([pending], _as_stage(exc))
             return
-        self._done(outcome, lost, pending.offsets)
+        self._done(outcome, lost, pending.offsets, pending.parsed)
+
+    def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
+        """The consumer's revoke callback (it runs inside ``poll``, before the partitions go):
+        finish the batch in flight and wait for its commit, or drop it if it fails (the next
+        owner replays it); from then on nothing is committed for these partitions."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                outcome, lost = self._finish(pending.prepared, self._scores(pending))
+            except Exception as exc:
+                log.warning("partitions revoked; dropped the batch in flight, uncommitted (the "
+                            "next owner replays it): %s", describe(exc))
+            else:
+                self._done(outcome, lost, pending.offsets, pending.parsed)
+        self._commits.settle()  # an asynchronous commit still in flight
+        self._commits.revoke(partitions)
+
+    def on_assigned(self, partitions: list[tuple[str, int]]) -> None:
+        """The consumer's assign callback: these partitions may be committed again, from
+        wherever the group has them (another owner may have moved them on)."""
+        self._commits.assign(partitions)
+
+    def _scores(self, pending: _InFlight) -> Scored:
+        """The in-flight batch's scores, waited for at most twice ``score_timeout_s`` (the
+        scoring process's own deadline, ``ProcessDetector.timeout_s``, normally ends it first)."""
+        try:
+            return pending.future.result(timeout=2 * self.config.score_timeout_s)
+        except FutureTimeout:
+            if self._executor is not None:  # its one thread is stuck: later batches get another
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            raise StageFailed("score", ScoreTimeout(
+                f"no scores within {2 * self.config.score_timeout_s:g} s")) from None
 
     def close(self) -> None:
         """Stop the scoring thread (idempotent); ``run`` calls it on the way out."""
@@ -267,13 +294,17 @@ class Worker:
         if not messages:
             if self._pending is None:  # idle: the store ping keeps readiness honest
                 self._set_ready(self._ping())
+                self._heartbeat = self.clock()  # idle is alive
             return messages
         self.metrics.observe("batch_size", len(messages))
         self.metrics.inc("readings_total", len(messages))
         return messages
 
     def _parse(self, messages: list[Message]) -> list[ParsedReading | Rejection]:
-        return self._decoder.decode(messages)
+        parsed = self._decoder.decode(messages)
+        if self.config.max_future_s:
+            reject_future(parsed, int(self.clock() * 1000), int(self.config.max_future_s * 1000))
+        return parsed
 
     def _prepare(self, parsed: list[ParsedReading | Rejection],
                  carried: dict[str, EntityState] | None = None) -> Prepared:
@@ -281,34 +312,61 @@ class Worker:
                        self.config.missing_channel == CARRY, carried)
 
     def _finish(self, prepared: Prepared, scored: Scored) -> tuple[Outcome, list[str]]:
-        return finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
-                      self.metrics)
+        outcome, lost = finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
+                               self.metrics)
+        known = len(self._known)
+        if known < MAX_KNOWN:  # bounded memory: past the cap the gauge says "at least"
+            for state in prepared.changed:
+                self._known.add(state.entity)
+                if len(self._known) >= MAX_KNOWN:
+                    log.warning("%d entities: entities_known stops counting", MAX_KNOWN)
+                    break
+        if len(self._known) != known:
+            self.metrics.set("entities_known", len(self._known))
+        return outcome, lost
+
+    def _attempt(self, parsed: list[ParsedReading | Rejection]) -> tuple[Outcome, list[str]]:
+        """One try of a whole batch from the store: prepare, score, finish."""
+        prepared = self._prepare(parsed)
+        return self._finish(prepared, score_batch(prepared, self.config.max_batch, self.metrics))
 
     def _process(self, parsed: list[ParsedReading | Rejection], offsets: Offsets | None,
                  failed: StageFailed | None = None) -> bool:
-        """Run one batch to the end, retrying the whole of it with backoff; False if abandoned."""
+        """Run one batch to the end, retrying it with backoff; False if abandoned on stop.
+
+        Outages are retried while they last; other failures ``max_retries`` times per stage,
+        after which the batch is isolated (``detector/isolate.py``)."""
         delay = self.config.backoff_initial_s
+        tries: Counter[str] = Counter()
         while True:
             if failed is None:
                 try:
-                    prepared = self._prepare(parsed)
-                    outcome, lost = self._finish(
-                        prepared, score_batch(prepared, self.config.max_batch, self.metrics))
+                    if tries and max(tries.values()) > self.config.max_retries:
+                        outcome, lost = isolate(parsed, self._attempt, self.sink, self._routing,
+                                                int(self.clock() * 1000))
+                    else:
+                        outcome, lost = self._attempt(parsed)
                     break
-                except StageFailed as exc:
-                    failed = exc
+                except Exception as exc:
+                    failed = _as_stage(exc)
             self._set_ready(False)
             self.metrics.inc("retries_total", stage=failed.stage)
-            log.warning("batch of %d failed at %s, retrying whole batch in %.2fs: %s",
-                        len(parsed), failed.stage, delay, describe(failed.cause))
+            if not is_outage(failed.cause):
+                tries[failed.stage] += 1
+            if failed.stage == "dead-letter":  # nothing else can move this batch on
+                log.error("cannot send %d messages' dead letters to %r, keeping their offsets "
+                          "uncommitted (retrying in %.2fs): %s", len(parsed),
+                          self.config.dead_letter_topic, delay, describe(failed.cause))
+            else:
+                log.warning("batch of %d failed at %s, retrying whole batch in %.2fs: %s",
+                            len(parsed), failed.stage, delay, describe(failed.cause))
             failed = None
-            self._heartbeat = self.clock()
             if self._stop.wait(delay):
                 self._abandoned = True
                 log.warning("stop requested; leaving %d messages uncommitted", len(parsed))
                 return False
             delay = min(delay * 2, self.config.backoff_max_s)
-        self._done(outcome, lost, offsets)
+        self._done(outcome, lost, offsets, parsed)
         return True
 
     def _redo(self, batches: list, failed: StageFailed) -> None:
@@ -316,62 +374,45 @@ class Worker:
         from the store, the way ``run_once`` does it."""
         for batch in batches:
             if isinstance(batch, _InFlight):
-                wait([batch.future])
+                if wait([batch.future], timeout=self.config.score_timeout_s).not_done:
+                    log.warning("a scoring call is still running; redoing its batch anyway")
                 batch = (batch.parsed, batch.offsets)
             if not self._process(*batch, failed=failed):
                 return
             failed = None
 
-    def _done(self, outcome: Outcome, lost: list[str], offsets: Offsets | None) -> None:
+    def _done(self, outcome: Outcome, lost: list[str], offsets: Offsets | None,
+              parsed: list[ParsedReading | Rejection]) -> None:
         self._set_ready(True)
+        self._heartbeat = self.clock()  # a batch finished: alive
         for (name, labels), n in outcome.items():
             if n:
                 self.metrics.inc(name, n, **dict(labels))
         if lost:
-            log.warning("state of %d entities moved on in another worker, not saved: %s",
-                        len(lost), ", ".join(lost[:10]))
+            log.warning("state of %d entities moved on in another worker, not saved; reading "
+                        "their partitions again: %s", len(lost), ", ".join(lost[:10]))
+            pending, self._pending = self._pending, None  # it stands on the refused states
+            offsets, rewind, refused = reread(set(lost), offsets or {}, parsed,
+                                              pending.parsed if pending else None,
+                                              self._commits.revoked)
+            if pending is not None:
+                wait([pending.future], timeout=2 * self.config.score_timeout_s)
+            if rewind:
+                self.source.seek(rewind)
+            self.metrics.inc("rereads_total", len(refused))
         self._commit(offsets)
 
     def _commit(self, offsets: Offsets | None) -> None:
-        try:
-            if offsets is None:
-                self.source.commit()
-            else:
-                self.source.commit(offsets)
-        except Exception as exc:
-            self.metrics.inc("commit_failures_total")
-            log.warning("offset commit failed (the next owner replays the batch): %s", describe(exc))
+        self._commits.commit(offsets)
+
 
     def _maybe_reload(self) -> None:
         if not self._reload.is_set():
             return
         self._reload.clear()
-        try:
-            detector, threshold = self._loader()
-            try:
-                self._check_model(detector, self.detector)
-            except Exception:
-                getattr(detector, "close", lambda: None)()  # a scoring process it started
-                raise
-        except Exception as exc:
-            self.metrics.inc("model_reloads_total", result="error")
-            log.error("model reload failed, keeping %s: %s", self.detector.version, describe(exc))
-            return
-        log.info("model reloaded: %s -> %s", self.detector.version, detector.version)
-        old, self.detector, self.threshold = self.detector, detector, threshold
-        self.metrics.inc("model_reloads_total", result="ok")
-        close = getattr(old, "close", None)  # a scoring process, say
-        if close is not None:
-            try:
-                close()
-            except Exception as exc:
-                log.warning("closing the old model failed: %s", describe(exc))
-
-    def _check_model(self, detector: Detector, current: Detector | None) -> None:
-        if detector.window != self.config.stream.window:
-            raise ValueError(f"model window {detector.window} != stream window {self.config.stream.window}")
-        if current is not None and list(detector.channels) != list(current.channels):
-            raise ValueError("a reloaded model must keep the channels (the stored windows use them)")
+        swapped = swap_model(self._loader, self.detector, self.config.stream.window, self.metrics)
+        if swapped is not None:
+            self.detector, self.threshold = swapped
 
     def _report_lag(self) -> None:
         now = self.clock()

@@ -121,14 +121,26 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
             return artifact.detector, artifact.threshold
         # pipelined: the model scores in its own process, so polling and parsing overlap it
         return ProcessDetector(model_dir, artifact.detector, settings.device,
-                               settings.torch_threads), artifact.threshold
+                               settings.torch_threads, timeout_s=settings.score_timeout_s
+                               ), artifact.threshold
 
     channels, window = list(first.detector.channels), first.detector.window
     security = kafka_security(settings)
     compression = None if settings.compression_type == "none" else settings.compression_type
+    rebalance: dict[str, Worker] = {}  # the consumer exists before the worker its callbacks call
+
+    def revoked(partitions: list[tuple[str, int]]) -> None:
+        if "worker" in rebalance:
+            rebalance["worker"].on_revoked(partitions)
+
+    def assigned(partitions: list[tuple[str, int]]) -> None:
+        if "worker" in rebalance:
+            rebalance["worker"].on_assigned(partitions)
+
     try:
         source = KafkaSource(
             settings.input_topics, settings.group_id, settings.bootstrap_servers, security,
+            on_revoked=revoked, on_assigned=assigned,
             max_poll_records=settings.max_batch, session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -136,7 +148,8 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
             async_commit=settings.pipeline,  # the pipelined loop's commits overlap the next batch
         )
         undo.callback(_close, "Kafka consumer", source)
-        sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression)
+        sink = KafkaSink(settings.bootstrap_servers, security, compression_type=compression,
+                         max_request_size=max(1 << 20, settings.max_dead_letter_bytes + 65536))
         undo.callback(_close, "Kafka producer", sink)
     except KafkaError as exc:  # kafka-python gives up bootstrapping: one line, not a traceback
         reason = str(exc) or type(exc).__name__
@@ -159,8 +172,12 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         alerts_topic=settings.alerts_topic, dead_letter_topic=settings.dead_letter_topic,
         scores_topic=settings.scores_topic, max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms, pipeline=settings.pipeline == "on",
+        max_future_s=settings.max_future_s, max_retries=settings.max_retries,
+        max_dead_letter_bytes=settings.max_dead_letter_bytes,
+        score_timeout_s=settings.score_timeout_s, live_timeout_s=settings.live_timeout_s,
     )
     worker = Worker(source, sink, store, loader, config, metrics)
+    rebalance["worker"] = worker
     health = None
     if settings.metrics_port:
         try:

@@ -113,6 +113,23 @@ class Settings(BaseModel):
         "unset: the gap rule stored in the model, learned from its training data.")
     missing_channel: Literal["carry", "dead-letter"] = Field(
         "carry", description="A reading without some channel: carry the last value or dead-letter it.")
+    max_future_s: float = Field(
+        300, ge=0, description="Dead-letter (`future_ts`) readings dated more than this many seconds "
+        "ahead of the worker's clock (0 = off): one reading from a clock a year ahead would make "
+        "every later real reading of its entity a duplicate.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries of a failing batch, per stage, before the entities that "
+        "still fail are set aside as dead letters (`failed_<stage>`); outages (a server "
+        "unreachable or timing out) are retried while they last.")
+    max_dead_letter_bytes: int = Field(
+        1_000_000, ge=4096, description="A dead letter longer than this (key and value) is cut to "
+        "fit and marked `truncated`; keep it below the broker's `message.max.bytes`.")
+    score_timeout_s: float = Field(
+        60, gt=0, description="Longest one scoring call may take; past it the scoring process is "
+        "killed and restarted and the batch retried.")
+    live_timeout_s: float = Field(
+        120, gt=0, description="/healthz fails once one batch has taken longer than this, "
+        "retries included; an idle worker stays live.")
     entity_field: str = Field("entity", min_length=1, description="JSON field with the entity name.")
     ts_field: str = Field("ts", min_length=1, description="JSON field with the reading's timestamp.")
     values_field: str = Field("values", min_length=1, description="JSON field with channel values.")

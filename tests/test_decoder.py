@@ -49,7 +49,8 @@ RECORDS = [
     doc(ts="2020-03-09T12:14:33+02:00"), doc(ts="2020-03-09 10:14:33.000123"), doc(ts="yesterday"),
     doc(ts=None), doc(ts=...), doc(ts=[T0_MS]),
     doc(entity=...), doc(entity=None), doc(entity=""), doc(entity=7), doc(entity="ü-pump"),
-    doc(entity="x" * 512), doc(entity="x" * 513),
+    doc(entity="x" * 256), doc(entity="x" * 257), doc(entity="a\tb"), doc(entity="a\x7fb"),
+    doc(entity="\u00e9\n"), doc(entity="pump 7"),
     doc(values={"Pressure": 1, "Temperature": -0.0}),
     doc(values={"Pressure": 1.5}), doc(values={"Pressure": None, "Temperature": 2.0}),
     doc(values={"Other": 1}), doc(values={"Pressure": "1.5", "Temperature": 1}),
@@ -71,7 +72,7 @@ RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("key", [b"pump-7", None, b"", b"\xff\xfe"])
+@pytest.mark.parametrize("key", [b"pump-7", None, b"", b"\xff\xfe", b"a\nb"])
 def test_fast_and_stdlib_paths_agree_on_every_kind_of_record(key):
     out = check([msg(v, key=key, offset=i) for i, v in enumerate(RECORDS)])
     assert any(isinstance(o, ParsedReading) for o in out)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from detector.message import (
     MAX_TS_MS, FieldNames, ParsedReading, Rejection, dead_letter, fill_missing, iso_ms, parse_reading,
+    reject_future,
 )
 from detector.protocol import Message
 from detector.stream import EntityState
@@ -115,7 +116,12 @@ def test_missing_and_null_channels_are_reported_not_rejected():
         (doc(values={"Pressure": True, "Temperature": 1}), b"k", "non_numeric"),
         (doc(values={"Pressure": [1], "Temperature": 1}), b"k", "non_numeric"),
         (doc(values={"Other": 1}), b"k", "missing_channel"),
-        (b'{"entity": "\\ud800", "ts": 1, "values": {"Pressure": 1}}', b"k", "bad_type"),
+        (b'{"entity": "\\ud800", "ts": 1, "values": {"Pressure": 1}}', b"k", "bad_entity"),
+        (doc(entity="x" * 257), b"k", "bad_entity"),
+        (doc(entity="pump\n7"), b"k", "bad_entity"),
+        (doc(entity="pump\x007"), b"k", "bad_entity"),
+        (doc(entity="\u200bpump"), b"k", "bad_entity"),  # a zero-width space: not printable
+        (doc(entity=...), b"pump\x1b[31m", "bad_entity"),  # from the key, same rules
     ],
 )
 def test_rejections(value, key, reason):
@@ -228,3 +234,40 @@ def test_fuzz_jsonish_documents_never_raise(entity, ts, values, drop):
         assert present and np.isfinite(out.values[present]).all()
     else:
         assert json.loads(dead_letter(out, 0)[1])["reason"] == out.reason
+
+
+def test_readings_too_far_ahead_of_the_clock_are_rejected_as_future_ts():
+    now = T0_MS
+    records = [msg(doc(ts=t)) for t in (now - 10**9, now + 300_000, now + 300_001, MAX_TS_MS)]
+    parsed = [parse_reading(m, CHANNELS) for m in records]
+    parsed.append(parse_reading(msg(b"{not json"), CHANNELS))
+    assert reject_future(parsed, now, 300_000) == 2
+    assert [p.reason if isinstance(p, Rejection) else "ok" for p in parsed] == [
+        "ok", "ok", "future_ts", "future_ts", "not_json"]
+    assert "300.001 s ahead of the worker's clock" in parsed[2].detail
+    assert parsed[2].message is records[2]  # the dead letter keeps the original record
+
+
+@pytest.mark.parametrize("key_size, value_size", [(6, 700_000), (6, 3_000_000), (600_000, 10),
+                                                  (400_000, 900_000)])
+def test_a_dead_letter_over_the_limit_is_cut_to_fit_and_says_so(key_size, value_size):
+    key, value = b"k" * key_size, b"v" * value_size
+    m = msg(value, key=key, offset=42)
+    rejection = parse_reading(m, CHANNELS)
+    out_key, out = dead_letter(rejection, T0_MS, max_bytes=1_000_000)
+    assert len(out) + len(out_key or b"") <= 1_000_000
+    record = json.loads(out)
+    assert record["truncated"] is True and "value_text" not in record
+    assert (record["key_bytes"], record["value_bytes"]) == (key_size, value_size)
+    assert record["reason"] == rejection.reason and record["source"]["offset"] == 42
+    kept_value, kept_key = base64.b64decode(record["value_b64"]), base64.b64decode(record["key_b64"])
+    assert value.startswith(kept_value) and key.startswith(kept_key)
+    assert len(kept_value) + len(kept_key) > 500_000  # most of the budget holds the original
+    assert out_key == (key if key_size <= 250_000 else None)
+
+
+def test_a_dead_letter_within_the_limit_is_whole():
+    m = msg(b"x" * 1000, key=b"pump-7")
+    _, out = dead_letter(parse_reading(m, CHANNELS), T0_MS, max_bytes=1_000_000)
+    record = json.loads(out)
+    assert "truncated" not in record and record["value_text"] == "x" * 1000

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detector.artifact import load_artifact
-from detector.process import ProcessDetector
+from detector.process import ProcessDetector, ScoringTimeout
 from tests.test_model import normal_data, trained, windows_of  # noqa: F401  (fixture)
 
 
@@ -99,5 +99,23 @@ def test_a_relative_model_directory_is_the_callers(trained, monkeypatch):  # noq
         assert made.model_dir == str(out.resolve())
         w = np.zeros((2, inline.window, len(inline.channels)))
         np.testing.assert_array_equal(made.score(w).scores, inline.score(w).scores)
+    finally:
+        made.close()
+
+
+def test_a_hung_child_is_killed_at_the_deadline_and_started_again(trained):  # noqa: F811
+    out, _, _ = trained
+    inline = load_artifact(out, device="cpu").detector
+    made = ProcessDetector(out, inline, "cpu", 1, inline_below=8, timeout_s=2.0)
+    try:
+        w = np.random.default_rng(0).normal(size=(20, inline.window, len(inline.channels)))
+        first = made.score(w).scores
+        hung = made._proc
+        os.kill(hung.pid, signal.SIGSTOP)  # alive but never answering, as a deadlock would be
+        with pytest.raises(ScoringTimeout, match="killed"):
+            made.score(w)
+        assert hung.wait(10) == -signal.SIGKILL and made._proc is None
+        np.testing.assert_array_equal(made.score(w).scores, first)  # a new child
+        assert made._proc.pid != hung.pid
     finally:
         made.close()

@@ -16,11 +16,12 @@ from connectors.redis_store import (
     DEFAULT_TTL_S,
     RedisStateStore,
     StateDecodeError,
+    StoreUnavailable,
     redact_url,
     redis_client_from_url,
 )
 from detector.memory import InMemoryStateStore
-from detector.protocol import StateStore
+from detector.protocol import StateStore, is_outage
 from detector.stream import EntityState
 
 N = 3
@@ -261,9 +262,25 @@ def test_ping_false_when_redis_is_down(embedded_redis: EmbeddedRedis) -> None:
     assert store.ping() is True
     embedded_redis.stop()
     assert store.ping() is False
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(StoreUnavailable) as info:  # an outage, which the worker waits out
         store.load(["x"])
+    assert is_outage(info.value) and isinstance(info.value.__cause__, redis.ConnectionError)
+    with pytest.raises(StoreUnavailable):
+        store.save([EntityState("x", N)])
     client.close()
+
+
+def test_errors_about_particular_keys_are_not_outages(redis_client) -> None:
+    store = RedisStateStore(redis_client, N, namespace=uuid.uuid4().hex)
+    redis_client.set(store.key("plain"), b"not a hash")  # a foreign value under an entity's key
+    redis_client.hset(store.key("alien"), "colour", "green")
+    for entity in ("plain", "alien"):
+        with pytest.raises(Exception) as info:
+            store.load([entity])
+        assert not is_outage(info.value), info.value
+    with pytest.raises(redis.ResponseError) as info:
+        store.save([EntityState("plain", N)])
+    assert not is_outage(info.value)
 
 
 def test_redact_url() -> None:
@@ -317,3 +334,32 @@ def test_store_over_a_unix_socket() -> None:
                 assert tcp.exists(store.key("over-uds")) == 1
         finally:
             client.close()
+
+
+def test_the_password_argument_beats_one_in_the_url() -> None:
+    for url in ("redis://:from-url@h:6379/0", "redis://user:from-url@h/0",
+                "redis://h/0?password=from-url", "unix:///run/r.sock?db=1&password=from-url"):
+        kwargs = redis_client_from_url(url, password="flag").connection_pool.connection_kwargs
+        assert kwargs["password"] == "flag", url
+    kwargs = redis_client_from_url("redis://user:from-url@h/0").connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"]) == ("user", "from-url")  # no flag: the URL's
+
+
+@pytest.mark.integration
+def test_a_server_with_a_password_takes_the_flag_over_a_wrong_one_in_the_url(
+        embedded_redis) -> None:
+    admin = redis_client_from_url(embedded_redis.url)
+    admin.config_set("requirepass", "right")
+    admin.close()
+    wrong = f"redis://:wrong@127.0.0.1:{embedded_redis.port}/0"
+    client = redis_client_from_url(wrong, password="right")
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+    refused = redis_client_from_url(wrong)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            refused.ping()
+    finally:
+        refused.close()

@@ -120,7 +120,7 @@ def rig(kafka_bootstrap, redis_url, topic_factory, fast_consumer_config):
         made.append((sink, client))
         return worker
 
-    make.topics = topics
+    make.topics, make.group = topics, group
     yield make
     for sink, client in made:
         sink.close()
@@ -203,9 +203,14 @@ def test_redis_restart_under_a_running_worker(kafka_bootstrap, topic_factory, ri
     before = [("e1", t, 6.0 if t == 10 else 0.1, 0.1) for t in range(15)]
     after = [("e1", t, 6.0 if t == 30 else 0.1, 0.1) for t in range(20, 35)]
     worker = rig(readings, mode="window", url=embedded_redis.url)
-    redis_down, commits_while_down = threading.Event(), []
+    redis_down, commits_while_down, commits = threading.Event(), [], []
     commit = worker.source.commit
-    worker.source.commit = lambda: (commits_while_down.append(1) if redis_down.is_set() else None, commit())
+
+    def counting_commit(offsets=None):  # the worker's own signature: a TypeError here would hide
+        (commits_while_down if redis_down.is_set() else commits).append(offsets)
+        commit(offsets)
+
+    worker.source.commit = counting_commit
     metrics = PrometheusMetrics()
     counts, worker.metrics = worker.metrics, Tee(worker.metrics, metrics)
     reader = TopicReader(kafka_bootstrap, rig.topics["alerts"], "alert")
@@ -215,6 +220,8 @@ def test_redis_restart_under_a_running_worker(kafka_bootstrap, topic_factory, ri
         reader.wait_for(1, "the alert before the outage")
         wait_until(lambda: counts.count("readings_total") == 15, "the first readings consumed")
         wait_until(lambda: http_status(health.url + "/readyz") == 200, "ready")
+        wait_until(lambda: any(o and o.get((readings, 0)) == 15 for o in commits),
+                   "the first readings committed")
         redis_down.set()
         embedded_redis.stop()
         produce(kafka_bootstrap, readings, messages(after))
@@ -225,9 +232,14 @@ def test_redis_restart_under_a_running_worker(kafka_bootstrap, topic_factory, ri
         embedded_redis.start()  # same port, empty: the entity's window starts again
         got = reader.wait_for(2, "the alert after the outage")
         wait_until(lambda: worker.ready, "ready again")
+        wait_until(lambda: any(o and o.get((readings, 0)) == 30 for o in commits),
+                   "the readings after the outage committed")
         assert http_status(health.url + "/readyz") == 200
         text = urllib.request.urlopen(health.url + "/metrics", timeout=10).read().decode()
     assert commits_while_down == []
+    assert counts.count("commit_failures_total") == 0
+    committed = [o[(readings, 0)] for o in commits if o]
+    assert committed == sorted(committed)  # offsets only move forward
     assert [a["ts_ms"] for a in got] == [T0 + 10_000, T0 + 30_000]
     assert 'ganwatch_retries_total{stage="load"}' in text and "ganwatch_alerts_total" in text
     reader.close()
@@ -328,3 +340,67 @@ def test_fuzzed_bytes_are_dead_lettered_with_the_original_bytes(
         assert worker.ready
     finally:
         dead_reader.close()
+
+
+def test_a_rebalance_finishes_the_revoked_batch_and_commits_only_owned_partitions(
+        kafka_bootstrap, topic_factory, rig):
+    readings = topic_factory(partitions=2)
+    msgs = scenario()
+    half, rest = msgs[:45], msgs[45:]  # t < 15, then the rest
+    part = lambda m: int(m.key[1:]) % 2  # noqa: E731  e2 on 0, e1 and e3 on 1
+    ends = {p: sum(1 for m in msgs if part(m) == p) for p in (0, 1)}
+    watcher = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=rig.group,
+                            enable_auto_commit=False)
+
+    def committed() -> dict:
+        return {p: watcher.committed(TopicPartition(readings, p)) for p in (0, 1)}
+
+    workers, commits, in_callback, revokes, assigned = [], {0: [], 1: []}, set(), [], {}
+
+    def hooks(i: int) -> dict:
+        def revoked(parts):
+            in_callback.add(i)
+            try:
+                revokes.append((i, parts))
+                workers[i].on_revoked(parts)
+            finally:
+                in_callback.discard(i)
+
+        def on_assigned(parts):
+            assigned[i] = parts
+            workers[i].on_assigned(parts)
+        return {"on_revoked": revoked, "on_assigned": on_assigned}
+
+    for i in range(2):
+        workers.append(rig(readings, **hooks(i)))
+        commit = workers[i].source.commit
+
+        def recording(offsets=None, i=i, commit=commit):
+            owned = set(workers[i].source.assignment())
+            commits[i].append((dict(offsets or {}), owned, i in in_callback))
+            commit(offsets)
+
+        workers[i].source.commit = recording
+    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
+    produce(kafka_bootstrap, readings, half, partition_of=part)
+    with Running(workers[0]):
+        wait_until(lambda: workers[0].metrics.count("readings_total") >= len(half), "the first half")
+        with Running(workers[1]):  # joins: the group rebalances under a running worker
+            wait_until(lambda: len(assigned) == 2 and all(len(p) == 1 for p in assigned.values()),
+                       "one partition each")
+            produce(kafka_bootstrap, readings, rest, partition_of=part)
+            got = reader.wait_for(4, "all alerts")
+            wait_until(lambda: sum(w.metrics.count("readings_total") for w in workers) >= 90,
+                       "all consumed")
+            wait_until(lambda: committed() == ends, "every offset committed")
+    watcher.close(autocommit=False)
+    assert assigned[0] != assigned[1] and any(i == 0 for i, _ in revokes)  # A gave one up
+    assert {a["alert_id"] for a in got} == EXPECTED_IDS
+    for i in range(2):
+        last: dict = {}
+        for offsets, owned, during_revoke in commits[i]:
+            assert during_revoke or set(offsets) <= owned, (i, offsets, owned)
+            for tp, o in offsets.items():
+                assert o > last.get(tp, -1), (i, tp, o, last)  # never backwards
+                last[tp] = o
+    reader.close()
