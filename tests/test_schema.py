@@ -14,7 +14,9 @@ import pytest
 from connectors.file import Table
 from detector.alert import (ALERT_MODES, ANOMALY, ANOMALY_END, ANOMALY_START, AlertContext, Verdict,
                             make_alerts, score_record)
-from detector.message import dead_letter, fill_missing, parse_reading
+from detector.message import (
+    Rejection, dead_letter, dead_letter_record, fill_missing, parse_reading, reject_future,
+)
 from detector.protocol import Message
 from detector.stream import EntityState
 from ganwatch.replay import messages
@@ -111,6 +113,26 @@ def test_dead_letters_of_every_reason_validate():
     _, dropped = fill_missing([carry], EntityState("e", len(CHANNELS)), True, CHANNELS)
     check(json.loads(dead_letter(dropped[0], T0)[1]), "dead-letter")
     reasons.add(dropped[0].reason)
+    for key in (b"x" * 300, b"tab\there"):  # too long, unprintable
+        bad = parse_reading(Message("t", 0, 7, key, b'{"ts": 1, "values": {"Pressure": 1}}', T0),
+                            CHANNELS)
+        check(json.loads(dead_letter(bad, T0)[1]), "dead-letter")
+        reasons.add(bad.reason)
+    ahead = [parse_reading(Message("t", 0, 8, b"e", b'{"ts": "2099-01-01T00:00:00Z", "values": '
+                                   b'{"Pressure": 1, "Current": 2}}', T0), CHANNELS)]
+    assert reject_future(ahead, T0, 300_000) == 1
+    check(json.loads(dead_letter(ahead[0], T0)[1]), "dead-letter")
+    reasons.add(ahead[0].reason)
+    # the stage failures of poison isolation (detector.isolate), and a record cut to fit
+    stages = ("load", "window", "score", "judge", "send", "flush", "save", "internal")
+    for stage in stages:
+        failed = Rejection(f"failed_{stage}", "boom", carry.message)
+        check(json.loads(dead_letter(failed, T0)[1]), "dead-letter")
+        reasons.add(failed.reason)
+    big = Rejection("not_json", "x", Message("t", 0, 9, b"k", b"\x00" * 5000, T0))
+    cut = json.loads(dead_letter_record(big, T0, max_bytes=2000)[1])
+    assert cut["truncated"] is True and cut["value_bytes"] == 5000
+    check(cut, "dead-letter")
     # every code but `unparseable`, the safety net for a parser bug
     assert reasons == set(load_schema("dead-letter")["properties"]["reason"]["enum"]) - {"unparseable"}
 
