@@ -178,21 +178,23 @@ class WindowScore:
     def terms(self) -> list[Any]:
         return [t for t in (self.error, self.critic, self.flat, self.peak) if t is not None]
 
-    def contributions(self, parts: Parts) -> dict[str, np.ndarray]:
-        """Each term's (B, C) contribution, by name: the ablation view of a score."""
-        basis = shares(self.error.relative(parts))
+    def contributions(self, parts: Parts, basis: np.ndarray | None = None
+                      ) -> dict[str, np.ndarray]:
+        """Each term's (B, C) contribution, by name; ``basis`` is each channel's share of the
+        relative error, which splits the window-level terms over channels."""
+        if basis is None:
+            basis = shares(self.error.relative(parts))
         names = ("error", "critic", "flat", "peak")
         return {n: t.contribution(parts, basis) for n, t in
                 zip(names, (self.error, self.critic, self.flat, self.peak)) if t is not None}
 
     def score(self, parts: Parts) -> ScoreBatch:
-        total = sum(self.contributions(parts).values())
-        scores = total.sum(axis=1)
+        basis = shares(self.error.relative(parts))
+        total = sum(self.contributions(parts, basis).values())
         # attribution: each channel's positive part of the sum; the error's split where none is
         positive = np.maximum(total, 0.0)
-        basis = shares(self.error.relative(parts))
         contributions = np.where(positive.any(axis=1, keepdims=True), shares(positive), basis)
-        return ScoreBatch(scores=scores, contributions=contributions)
+        return ScoreBatch(scores=total.sum(axis=1), contributions=contributions)
 
     def check(self, n_channels: int) -> None:
         for name, values in (("channel_scale", self.error.channel_scale),
