@@ -381,7 +381,7 @@ def test_a_rebalance_finishes_the_revoked_batch_and_commits_only_owned_partition
             commit(offsets)
 
         workers[i].source.commit = recording
-    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"])
+    reader = TopicReader(kafka_bootstrap, rig.topics["alerts"], "alert")
     produce(kafka_bootstrap, readings, half, partition_of=part)
     with Running(workers[0]):
         wait_until(lambda: workers[0].metrics.count("readings_total") >= len(half), "the first half")
