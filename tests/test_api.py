@@ -62,6 +62,15 @@ def test_fit_gives_the_model_train_gives(trained):
     assert model.model_version == api["model_version"]  # known before the save, as after it
 
 
+def test_fit_takes_a_path_as_the_cli_does(trained):
+    data, _, _, model = trained
+    again = ganwatch.fit(str(data), timestamp="time", exclude="label", train_rows=180, seed=3,
+                         no_progress=True, **SMALL)
+    assert again.threshold == model.threshold
+    assert again.meta["training_data"]["path"] == str(data)
+    assert again.meta["timestamp_column"] == "time"
+
+
 def test_load_is_the_saved_model(trained, tmp_path):
     data, _, api_dir, model = trained
     loaded = ganwatch.load(api_dir)
@@ -246,14 +255,15 @@ def test_bad_input_is_a_data_error_with_the_cli_message(trained, capsys, call, f
 
 def test_import_loads_no_torch_until_a_model_is_loaded(trained):
     code = ("import sys, ganwatch\n"
+            "bare = 'torch' in sys.modules or 'pandas' in sys.modules\n"
             "names = (ganwatch.fit, ganwatch.load, ganwatch.OnlineScorer, ganwatch.DataError)\n"
             "before = 'torch' in sys.modules\n"
             "model = ganwatch.load(sys.argv[1])\n"
-            "print(before, 'torch' in sys.modules, model.window)\n")
+            "print(bare, before, 'torch' in sys.modules, model.window)\n")
     done = subprocess.run([sys.executable, "-c", code, str(trained[2])], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True", "8"]
+    assert done.stdout.split() == ["False", "False", "True", "8"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ganwatch.nope  # noqa: B018
 
