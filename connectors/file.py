@@ -77,10 +77,24 @@ def read_table(
     """
     if ffill_limit < 0:
         raise ValueError(f"ffill_limit must be >= 0, got {ffill_limit}")
-    name = str(path)
     frame = _read_frame(Path(path), sep, timestamp_column)
+    return frame_table(frame, str(path), timestamp_column=timestamp_column, channels=channels,
+                       exclude_columns=exclude_columns, label_column=label_column,
+                       ffill_limit=ffill_limit)
+
+
+def frame_table(
+    frame: pd.DataFrame, name: str, *, timestamp_column: str | None = None,
+    channels: Sequence[str] | None = None, exclude_columns: Sequence[str] = (),
+    label_column: str | None = None, ffill_limit: int = 3,
+) -> Table:
+    """A ``Table`` from a frame already in memory, by ``read_table``'s rules; ``name`` stands for
+    the file in messages. The frame is not changed."""
+    if ffill_limit < 0:
+        raise ValueError(f"ffill_limit must be >= 0, got {ffill_limit}")
     columns = [str(c) for c in frame.columns]
-    frame.columns = columns
+    if list(frame.columns) != columns:
+        frame = frame.set_axis(columns, axis=1)
     named = [c for c in (timestamp_column, label_column) if c]
     for col in [*named, *(channels or ()), *exclude_columns]:
         if col not in columns:

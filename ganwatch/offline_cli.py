@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from detector.alert import ALERT_MODES, DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS, EPISODE
-from detector.stream import GAP_STEPS, StreamConfig
-from ganwatch.extra import installed, require
+from detector.stream import GAP_STEPS
+from ganwatch.extra import require
 from training.config import TrainConfig
 
-# pandas (connectors.file), torch (detector.artifact, training.trainer) and matplotlib
-# (training.report) are imported inside the commands: `ganwatch train --help` needs none of them
+# ganwatch.api (pandas), torch and matplotlib (training.report) are imported inside the
+# commands: `ganwatch train --help` needs none of them. The commands are a thin layer over the API.
 
 log = logging.getLogger("ganwatch")
 DEFAULTS = TrainConfig()
@@ -132,73 +129,21 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def split_names(text: str | None) -> list[str] | None:
-    return [c.strip() for c in text.split(",") if c.strip()] if text else None
-
-
-def positive(name: str, value: float | None) -> None:
-    from connectors.file import DataError
-
-    if value is not None and value <= 0:
-        raise DataError(f"{name} must be positive, got {value}")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from connectors.file import DataError, read_table
-    from training.trainer import train
+    from ganwatch.api import fit, write_artifact
 
-    for name in ("--window", "--epochs", "--batch-size", "--hidden", "--latent", "--lr"):
-        positive(name, getattr(args, name[2:].replace("-", "_")))
-    positive("--train-rows", args.train_rows)
-    positive("--sample-budget", args.sample_budget)
-    check_max_gap(args.max_gap_s)
-    if args.torch_threads < 0:
-        raise DataError(f"--torch-threads must be 0 (torch's default) or more, got "
-                        f"{args.torch_threads}")
-    if not args.threshold_margin >= 0:
-        raise DataError(f"--threshold-margin must be 0 or more, got {args.threshold_margin}")
-    table = read_table(
-        args.data, sep=args.sep, timestamp_column=args.timestamp_column,
-        channels=split_names(args.channels), exclude_columns=split_names(args.exclude_columns) or (),
+    model = fit(
+        args.data, timestamp=args.timestamp_column, channels=args.channels,
+        exclude=args.exclude_columns, sep=args.sep,
+        **{name: getattr(args, name) for name in TRAIN_OPTIONS},
     )
-    rows = len(table.values) if args.train_rows is None else min(args.train_rows, len(table.values))
-    need = 2 * args.window + 8
-    if rows < need:
-        raise DataError(
-            f"{args.data}: {rows} training rows, need at least {need} for a window of {args.window} "
-            f"(fitting plus held-back calibration windows)"
-        )
-    config = TrainConfig(
-        model=args.model, window=args.window, epochs=args.epochs, device=args.device, seed=args.seed,
-        batch_size=args.batch_size, hidden=args.hidden, latent=args.latent, lr=args.lr,
-        max_gap_ms=None if args.max_gap_s is None else int(args.max_gap_s * 1000),
-        threshold_margin=args.threshold_margin, torch_threads=args.torch_threads,
-        sample_budget=args.sample_budget,
-    )
-    ts_ms = table.row_ts_ms()[:rows]
-    values = table.values[:rows]
-    with progress_bar(config, args) as progress:
-        result = train(ts_ms, values, table.channels, config, progress=progress)
-    meta = result.save(args.out, {
-        "timestamp_column": args.timestamp_column,
-        "hyperparameters": config.to_dict(),
-        "training_data": {"path": str(args.data), "rows": rows,
-                          "fingerprint": fingerprint(ts_ms, values)},
-        "training_metrics": result.metrics,
-    })
-    report: Path | None = Path(args.out) / "report.png"
-    if installed("plots"):
-        from training.report import plot_training_report
-
-        plot_training_report(report, result.history, result.train_scores, result.calib_scores,
-                             result.threshold.value)
-    else:
-        log.info("no report.png: plotting needs the plots extra (pip install 'ganwatch[plots]')")
-        report = None
+    meta, report = write_artifact(model, args.out)
+    result, config = model.training.result, model.training.config
     summary = {
         "model": str(args.out), "model_version": meta["model_version"], "kind": config.model,
-        "channels": table.channels, "slow_channels": meta["slow_channels"], "rows": rows,
-        "window": config.window, "threshold": round(result.threshold.value, 4),
+        "channels": model.channels, "slow_channels": meta["slow_channels"],
+        "rows": model.training.rows, "window": config.window,
+        "threshold": round(result.threshold.value, 4),
         "train_seconds": result.metrics["train_seconds"], "epochs": result.metrics["epochs"],
         "max_gap_s": None if result.max_gap_ms is None else result.max_gap_ms / 1000,
         "skipped_rows": result.metrics["skipped_rows"],
@@ -209,68 +154,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def progress_bar(config: TrainConfig, args: argparse.Namespace):
-    """A bar on a terminal, else a log line per epoch; at most ``config.epochs`` (the sample
-    budget may end training sooner, and the bar closes then)."""
-    if args.no_progress or not sys.stderr.isatty():
-        yield lambda epoch, losses: log.info("epoch %d (at most %d) %s", epoch, config.epochs,
-                                             losses)
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=config.epochs, desc=f"training {config.model}", unit="epoch") as bar:
-        def update(epoch: int, losses: dict[str, float]) -> None:
-            bar.set_postfix({k[:6]: f"{v:.3g}" for k, v in losses.items()})
-            bar.update(1)
-
-        yield update
-
-
-def fingerprint(ts_ms: np.ndarray, values: np.ndarray) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(np.ascontiguousarray(ts_ms, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
-    return "sha256:" + digest.hexdigest()
+# the train flags that are `ganwatch.fit` keywords of the same name (the data flags are renamed)
+TRAIN_OPTIONS = ("train_rows", "window", "epochs", "model", "device", "seed", "batch_size",
+                 "hidden", "latent", "lr", "max_gap_s", "torch_threads", "sample_budget",
+                 "threshold_margin", "no_progress")
 
 
 def load_scored(args: argparse.Namespace, label_column: str | None = None):
     """Load the model and the file with the model's channels; score every row."""
-    from connectors.file import DataError, read_table
-    from detector.artifact import load_artifact
-    from detector.offline import score_series, series_alerts
+    from ganwatch.api import check_score_options, load
 
-    if args.stride < 1:
-        raise DataError(f"--stride must be at least 1, got {args.stride}")
-    check_max_gap(args.max_gap_s)
-    if args.episode_end_windows < 1:
-        raise DataError(f"--episode-end-windows must be at least 1, got {args.episode_end_windows}")
-    artifact = load_artifact(args.model, device=args.device)
-    meta = artifact.meta
-    ts_col = args.timestamp_column or meta.get("timestamp_column")
-    table = read_table(args.data, sep=args.sep, timestamp_column=ts_col,
-                       channels=meta["channels"], label_column=label_column)
-    window = artifact.detector.window
-    if len(table.values) < window:
-        raise DataError(f"{args.data}: {len(table.values)} rows, fewer than the window of {window}")
-    stream = StreamConfig(window, args.stride, artifact.max_gap_ms(args.max_gap_s))
-    ts_ms = table.row_ts_ms()
-    scored = score_series(artifact.detector, artifact.threshold, ts_ms, table.values, stream)
-    if scored.stats.duplicates:
-        log.warning("skipped %d of %d rows whose timestamp repeats or goes back (no score)",
-                    scored.stats.duplicates, len(ts_ms))
-    alerts = series_alerts(scored, ts_ms, artifact.detector.channels, artifact.threshold,
-                           artifact.meta["model_version"], args.alert_mode,
-                           args.episode_end_windows)
-    return artifact, table, scored, alerts
-
-
-def check_max_gap(max_gap_s: float | None) -> None:
-    from connectors.file import DataError
-
-    if max_gap_s is not None and not max_gap_s >= 0:
-        raise DataError(f"--max-gap-s must be 0 (never) or positive, got {max_gap_s}")
+    check_score_options(args.stride, args.max_gap_s, args.alert_mode, args.episode_end_windows)
+    model = load(args.model, device=args.device)
+    table = model.read(args.data, sep=args.sep, timestamp=args.timestamp_column,
+                       label_column=label_column)
+    scored, alerts = model.run(table, stride=args.stride, max_gap_s=args.max_gap_s,
+                               alert_mode=args.alert_mode,
+                               episode_end_windows=args.episode_end_windows)
+    return model.artifact, table, scored, alerts
 
 
 def cmd_score(args: argparse.Namespace) -> int:
