@@ -86,7 +86,7 @@ def _ganwatch_signal(path: Path, config, max_rows: int | None, ablate: bool = Fa
     if ablate:
         variants = {name: f[0] for name, f in ablation_flags(
             result, config, ts[:rows], values[:rows], [(ts, values)]).items()}
-    return model_flags(result, config, table.channels, ts, values), train_s, variants
+    return model_flags(result, config, ts, values), train_s, variants
 
 
 def _score(truth, t_s, flags) -> dict:

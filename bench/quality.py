@@ -65,10 +65,10 @@ def fit(ts_ms: np.ndarray, values: np.ndarray, channels: list[str],
     return result, time.perf_counter() - started
 
 
-def model_flags(result: TrainResult, config: TrainConfig, channels: list[str],
-                ts_ms: np.ndarray, values: np.ndarray) -> np.ndarray:
+def model_flags(result: TrainResult, config: TrainConfig, ts_ms: np.ndarray,
+                values: np.ndarray) -> np.ndarray:
     """Flags of one series scored on its own, from a fresh stream state."""
-    return series_flags(result.detector(channels, "bench", "cpu"), result.threshold,
+    return series_flags(result.detector("bench", "cpu"), result.threshold,
                         stream_for(result, config), ts_ms, values)
 
 

@@ -45,7 +45,7 @@ def run_file(path: Path, config: TrainConfig, ablate: bool = False) -> dict:
                        exclude_columns=("changepoint",))
     ts, values = table.row_ts_ms(), table.values
     result, train_s = fit(ts[:TRAIN_ROWS], values[:TRAIN_ROWS], table.channels, config)
-    detector = result.detector(table.channels, "bench", device="cpu")
+    detector = result.detector("bench", device="cpu")
     started = time.perf_counter()
     scored = score_series(detector, result.threshold, ts, values, stream_for(result, config))
     score_s = time.perf_counter() - started
@@ -121,7 +121,7 @@ def run_free(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
         for a, b in bounds:
             result, train_s = fit(ts[a:a + TRAIN_ROWS], values[a:a + TRAIN_ROWS], table.channels,
                                   config)
-            flags.append(model_flags(result, config, table.channels, ts[a:b], values[a:b]))
+            flags.append(model_flags(result, config, ts[a:b], values[a:b]))
             seconds.append(train_s)
             if kind == ABLATED:
                 for name, f in ablation_flags(result, config, ts[a:a + TRAIN_ROWS],

@@ -83,7 +83,7 @@ def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
         result, train_s = fit(train_table.row_ts_ms(), train_table.values, train_table.channels,
                               config)
         started = time.perf_counter()
-        flags = {key: model_flags(result, config, t.channels, t.row_ts_ms(), t.values)
+        flags = {key: model_flags(result, config, t.row_ts_ms(), t.values)
                  for key, t in tests.items()}
         out[kind] = {**tep_rates(flags["normal"], {n: flags[n] for n in files}),
                      "train_seconds": round(train_s, 2),

@@ -57,7 +57,7 @@ def scored():
     config = TrainConfig(epochs=8, seed=7)
     ts = 1000 * np.arange(1500, dtype=np.int64)
     result = train(ts, normal, CHANNELS, config)
-    detector = result.detector(CHANNELS, "test", "cpu")
+    detector = result.detector("test", "cpu")
     live, labels = inject(telemetry(1100, seed=2, start=1500), normal.std(axis=0))
     live_ts = 1000 * np.arange(1500, 2600, dtype=np.int64)
     out = score_series(detector, result.threshold, live_ts, live, StreamConfig(config.window))

@@ -90,6 +90,6 @@ def test_an_offset_on_one_load_channel_is_flagged_and_named(model):
     rows = np.flatnonzero(scored.flags[300:450]) + 300
     named = scored.contributions[rows].argmax(axis=1)
     assert np.isin(named, [0, 1]).mean() > 0.9  # the load channels, not the temperature
-    fresh = score_series(result.detector(CHANNELS), loaded.threshold, ts, live,
+    fresh = score_series(result.detector(), loaded.threshold, ts, live,
                          StreamConfig(config.window))
     np.testing.assert_allclose(fresh.scores, scored.scores, atol=1e-6)

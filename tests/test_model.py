@@ -92,7 +92,7 @@ def test_loaded_artifact_scores_like_the_trained_detector(trained):
     """Everything scoring depends on (slow channels, input centring) travels in the artifact."""
     out, result, config = trained
     assert result.spec.slow.any(), "the fixture must exercise a slow channel"
-    fresh = result.detector(CHANNELS, "mem", device="cpu")
+    fresh = result.detector("mem", device="cpu")
     loaded = load_artifact(out, device="cpu").detector
     np.testing.assert_array_equal(loaded.spec.slow, result.spec.slow)
     _, values = normal_data(150, seed=5)

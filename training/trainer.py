@@ -44,15 +44,9 @@ class TrainResult:
     calib_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     metrics: dict = field(default_factory=dict)
     max_gap_ms: int | None = None  # the gap rule training used, stored for score and serve
-    stream_stats: AdvanceStats = field(default_factory=AdvanceStats)
 
-    def detector(self, channels: list[str] | None = None, version: str = "training",
-                 device: str = "cpu") -> LstmGanDetector:
-        """The trained model behind the ``Detector`` contract, exactly as a saved artifact loads;
-        ``channels``, when given, must be the trained ones in their order."""
-        if channels is not None and list(channels) != list(self.spec.channels):
-            raise ValueError(f"channels {list(channels)} are not the model's "
-                             f"{list(self.spec.channels)}")
+    def detector(self, version: str = "training", device: str = "cpu") -> LstmGanDetector:
+        """The trained model behind the ``Detector`` contract, exactly as a saved artifact loads."""
         return LstmGanDetector(self.networks, self.spec, version, device)
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -180,7 +174,7 @@ def train(
         "calibration_false_alarm_rate": float(np.mean(calib_scores >= threshold.value)),
     }
     return TrainResult(nets.cpu(), spec.calibrated(score), threshold, history, train_scores,
-                       calib_scores, metrics, max_gap_ms, stats)
+                       calib_scores, metrics, max_gap_ms)
 
 
 def _epoch(
