@@ -33,7 +33,7 @@ class WorkerConfig:
     max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES  # a longer dead letter is cut to fit
     max_future_s: float = 300.0  # readings dated further ahead of the clock: ``future_ts`` (0 = off)
     score_timeout_s: float = 60.0  # the pipelined loop's wait for one batch's scores
-    pipeline: bool = True  # ``run`` overlaps one batch's scoring with the next one's poll
+    pipeline: bool = True  # pipeline depth 1: one batch scores while the next one is polled (0: off)
     fast_decode: bool | None = None  # msgspec when installed (None), required, or never
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """The streaming worker: readings in, per-entity windows in the state store, batched scores, alerts out.
 
-One batch (``run_once``): poll -> parse (rejects become dead letters) -> group by entity (arrival
+One batch: poll -> parse (rejects become dead letters) -> group by entity (arrival
 order kept) -> ``store.load`` -> fill missing channels -> ``advance`` each entity -> score ALL the
 batch's windows in one ``detector.score`` call -> alerts / score records -> ``sink.send`` ->
 ``sink.flush`` -> ``store.save`` (compare-and-set) -> ``source.commit``.
@@ -16,13 +16,16 @@ Why this order: the store is written only AFTER the producer flush and BEFORE th
 - Saving before the flush would be wrong: a crash between the two would skip the replayed readings
   as duplicates and their alerts would never be published.
 
-Pipelined (``pump``, what ``run`` uses unless ``pipeline`` is off): batch N scores on a background
-thread while N+1 is polled and prepared from copies of N's states; then N is published, flushed,
-saved and committed with its own offsets (``offsets_after``), never the position after N+1. The
-order per batch and the reasoning above hold for each batch; a stage failure redoes both batches
-from the store (see ``detector/batch.py``). The background thread mostly waits: the model it calls
-should score elsewhere (``detector.process.ProcessDetector``, as ``serve`` wires it), because a
-model scored on the thread itself needs the GIL the main thread holds while it parses.
+One loop (``step``), with a pipeline depth of 1 (``pipeline``, ``run``'s default) or 0. At depth 1
+batch N scores on a background thread while N+1 is polled and prepared from copies of N's states;
+then N is published, flushed, saved and committed with its own offsets (``offsets_after``), never
+the position after N+1. At depth 0 each batch is scored on the loop's own thread and finished
+before the next poll. The order per batch and the reasoning above hold at both depths; a stage
+failure redoes every batch in flight from the store (see ``detector/batch.py``). Each batch carries
+its phase (``detector/phase.py``), and a move its phase does not allow fails the batch like any
+other fault. The background thread mostly waits: the model it calls should score elsewhere
+(``detector.process.ProcessDetector``, as ``serve`` wires it), because a model scored on the
+thread itself needs the GIL the main thread holds while it parses.
 
 Faults: when any step of a batch raises (load, window, score, judge, send, flush, save, or
 anything else: ``internal``), the worker turns not-ready, logs (type and message only, never
@@ -49,7 +52,6 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from typing import Callable
 
 from detector.batch import (
@@ -62,6 +64,7 @@ from detector.decoder import ReadingDecoder
 from detector.isolate import isolate
 from detector.message import ParsedReading, Rejection, reject_future
 from detector.metric import Metrics, NullMetrics
+from detector.phase import Batch, Phase
 from detector.protocol import Message, Sink, Source, StateStore, is_outage
 from detector.reload import ModelLoader, check_model, swap_model
 from detector.stream import EntityState
@@ -82,16 +85,6 @@ def _as_stage(exc: Exception) -> StageFailed:
     """Any exception of a batch step as a ``StageFailed``; one outside the stage guards (a bug,
     say) is ``internal``, and the batch is redone from the store like any other failure."""
     return exc if isinstance(exc, StageFailed) else StageFailed("internal", exc)
-
-
-@dataclass
-class _InFlight:
-    """A pipelined batch: prepared, scoring on the background thread, not yet published."""
-
-    prepared: Prepared
-    future: Future
-    parsed: list[ParsedReading | Rejection]
-    offsets: Offsets
 
 
 class Worker:
@@ -119,7 +112,7 @@ class Worker:
         self._abandoned = False  # a batch was given up on stop: never commit after it
         self._heartbeat = clock()
         self._lag_at = float("-inf")
-        self._pending: _InFlight | None = None
+        self._pending: Batch | None = None  # in flight (depth 1)
         self._known: set[str] = set()  # entities stored by this process (``entities_known``)
         self._commits = Commits(source, self.metrics)
         self._executor: ThreadPoolExecutor | None = None
@@ -142,13 +135,12 @@ class Worker:
         """Loop over batches until ``stop`` is set; then finish, flush, commit, close the source."""
         self._stop, self._running = stop, True
         self._set_ready(self._ping())
-        step = self.pump if self.config.pipeline else self.run_once
         delay = self.config.backoff_initial_s
         try:
             while not stop.is_set():
                 self._heartbeat = self.clock()  # a step returned: not stuck on a batch
                 try:
-                    step()
+                    self.step()
                     delay = self.config.backoff_initial_s
                 except Exception as exc:  # poll and the like: nothing is in flight, wait and go on
                     self._set_ready(False)
@@ -168,86 +160,69 @@ class Worker:
             self.close()
             self.source.close()
 
-    def run_once(self) -> int:
-        """Process one poll batch end to end; return the number of messages consumed."""
-        self.drain()
-        if self._abandoned:
-            return 0
-        self._maybe_reload()
-        messages = self._poll(self.config.max_wait_ms)
-        if not messages:
-            return 0
-        self._process(self._parse(messages), offsets_after(messages))
-        return len(messages)
+    @property
+    def depth(self) -> int:
+        """How many batches may stay in flight while the next one is polled: 1 or 0."""
+        return 1 if self.config.pipeline else 0
 
-    def pump(self) -> int:
-        """One step of the pipelined loop; return the number of messages consumed.
+    def step(self) -> int:
+        """One turn of the loop; return the number of messages consumed.
 
-        Polls and prepares batch N+1 while batch N scores on a background thread (which waits
-        on the scoring process), starts N+1's scoring, then publishes, flushes, saves and commits
-        N (its own offsets, not N+1's) while N+1 scores. Any stage failure redoes both batches in
-        order the way ``run_once`` does, from the store. Only a batch of at least a quarter of
-        ``max_batch`` (a backlog) stays in flight; a smaller one means the worker has caught up,
-        and it is finished at once, so alerts come as fast as without the pipeline. While a batch
-        is in flight the poll does not wait: with nothing new there, it is finished at once too.
+        Polls and prepares batch N+1 (from the states of batch N when N is in flight) and starts
+        its scoring; then publishes, flushes, saves and commits N (its own offsets, not N+1's).
+        At depth 0, or when the batch is small (under a quarter of ``max_batch``: the worker has
+        caught up, and latency matters more than overlap), the new batch is finished at once. While
+        a batch is in flight the poll does not wait: with nothing new there, it is finished at once
+        too. Any failure redoes the batches in flight, in order, from the store (``_redo``).
         """
         if self._abandoned:
             return 0
         if self._reload.is_set():
             self.drain()
             self._maybe_reload()
-        pending = self._pending
         try:
-            messages = self._poll(0 if pending else self.config.max_wait_ms)
+            messages = self._poll(0 if self._pending else self.config.max_wait_ms)
         except Exception:
             self.drain()
             raise
-        if pending is not self._pending:  # the revoke callback finished or dropped it
-            pending = self._pending
+        pending = self._pending  # read after the poll: its revoke callback may have finished it
         if not messages:
             self.drain()
             return 0
-        parsed, offsets = self._parse(messages), offsets_after(messages)
-        executor = self._executor = self._executor or ThreadPoolExecutor(
-            1, thread_name_prefix="ganwatch-score")
+        batch = Batch(self._parse(messages), offsets_after(messages))
         try:
-            prepared = self._prepare(parsed, pending.prepared.carry() if pending else None)
+            batch.prepare(self._prepare(batch.parsed, pending.prepared.carry() if pending else None))
             scored = self._scores(pending) if pending else None
-            future = executor.submit(score_batch, prepared, self.config.max_batch, self.metrics)
+            batch.start(self._submit(batch.prepared))
         except Exception as exc:  # any failure: redo what is in flight and this batch, in order
             self._pending = None
-            self._redo([pending, (parsed, offsets)] if pending else [(parsed, offsets)],
-                       _as_stage(exc))
+            self._redo([b for b in (pending, batch) if b is not None], _as_stage(exc))
             return len(messages)
-        self._pending = _InFlight(prepared, future, parsed, offsets)
-        backlog = len(messages) >= max(1, self.config.max_batch // 4)
-        if pending is None:
-            if not backlog:  # caught up: latency over overlap
-                self.drain()
-            return len(messages)
-        try:
-            outcome, lost = self._finish(pending.prepared, scored)
-            follow_versions(pending.prepared, prepared, lost)
-        except Exception as exc:  # the new batch stands on the failed one: redo both
-            self._pending = None
-            self._redo([pending, (parsed, offsets)], _as_stage(exc))
-            return len(messages)
-        self._done(outcome, lost, pending.offsets, pending.parsed)
-        if not backlog:
+        self._pending = batch
+        if pending is not None:
+            try:
+                outcome, lost = self._finish(pending, scored)
+                follow_versions(pending.prepared, batch.prepared, lost)
+            except Exception as exc:  # the new batch stands on the failed one: redo both
+                self._pending = None
+                self._redo([pending, batch], _as_stage(exc))
+                return len(messages)
+            self._done(pending, outcome, lost)
+        if self.depth == 0 or len(messages) < max(1, self.config.max_batch // 4):
             self.drain()
         return len(messages)
 
     def drain(self) -> None:
-        """Finish the batch still in flight (pipelined loop): publish, flush, save, commit."""
+        """Finish the batch still in flight: publish, flush, save, commit."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
         try:
-            outcome, lost = self._finish(pending.prepared, self._scores(pending))
+            outcome, lost = self._finish(pending, self._scores(pending))
         except Exception as exc:
             self._redo([pending], _as_stage(exc))
             return
-        self._done(outcome, lost, pending.offsets, pending.parsed)
+        self._done(pending, outcome, lost)
 
     def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
         """The consumer's revoke callback (it runs inside ``poll``, before the partitions go):
@@ -256,12 +231,14 @@ class Worker:
         pending, self._pending = self._pending, None
         if pending is not None:
             try:
-                outcome, lost = self._finish(pending.prepared, self._scores(pending))
+                outcome, lost = self._finish(pending, self._scores(pending))
             except Exception as exc:
+                if pending.phase is Phase.SCORING:
+                    pending.move(Phase.DROPPED)
                 log.warning("partitions revoked; dropped the batch in flight, uncommitted (the "
                             "next owner replays it): %s", describe(exc))
             else:
-                self._done(outcome, lost, pending.offsets, pending.parsed)
+                self._done(pending, outcome, lost)
         self._commits.settle()  # an asynchronous commit still in flight
         self._commits.revoke(partitions)
 
@@ -270,9 +247,24 @@ class Worker:
         wherever the group has them (another owner may have moved them on)."""
         self._commits.assign(partitions)
 
-    def _scores(self, pending: _InFlight) -> Scored:
+    def _submit(self, prepared: Prepared) -> Future:
+        """Start scoring ``prepared``: on the background thread at depth 1, here at depth 0 (the
+        result, or the failure, in an already completed future)."""
+        if self.depth == 0:
+            future: Future = Future()
+            try:
+                future.set_result(score_batch(prepared, self.config.max_batch, self.metrics))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        executor = self._executor = self._executor or ThreadPoolExecutor(
+            1, thread_name_prefix="ganwatch-score")
+        return executor.submit(score_batch, prepared, self.config.max_batch, self.metrics)
+
+    def _scores(self, pending: Batch) -> Scored:
         """The in-flight batch's scores, waited for at most twice ``score_timeout_s`` (the
         scoring process's own deadline, ``ProcessDetector.timeout_s``, normally ends it first)."""
+        pending.expect(Phase.SCORING)
         try:
             return pending.future.result(timeout=2 * self.config.score_timeout_s)
         except FutureTimeout:
@@ -311,7 +303,14 @@ class Worker:
         return prepare(parsed, self.store, self.detector, self.threshold, self.config.stream,
                        self.config.missing_channel == CARRY, carried)
 
-    def _finish(self, prepared: Prepared, scored: Scored) -> tuple[Outcome, list[str]]:
+    def _finish(self, batch: Batch, scored: Scored) -> tuple[Outcome, list[str]]:
+        """Publish, flush and save a scoring batch (``finished``)."""
+        batch.expect(Phase.SCORING)
+        outcome, lost = self._finish_prepared(batch.prepared, scored)
+        batch.move(Phase.FINISHED)
+        return outcome, lost
+
+    def _finish_prepared(self, prepared: Prepared, scored: Scored) -> tuple[Outcome, list[str]]:
         outcome, lost = finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
                                self.metrics)
         known = len(self._known)
@@ -328,14 +327,17 @@ class Worker:
     def _attempt(self, parsed: list[ParsedReading | Rejection]) -> tuple[Outcome, list[str]]:
         """One try of a whole batch from the store: prepare, score, finish."""
         prepared = self._prepare(parsed)
-        return self._finish(prepared, score_batch(prepared, self.config.max_batch, self.metrics))
+        return self._finish_prepared(prepared, score_batch(prepared, self.config.max_batch,
+                                                           self.metrics))
 
-    def _process(self, parsed: list[ParsedReading | Rejection], offsets: Offsets | None,
-                 failed: StageFailed | None = None) -> bool:
-        """Run one batch to the end, retrying it with backoff; False if abandoned on stop.
+    def _process(self, batch: Batch, failed: StageFailed | None) -> bool:
+        """Redo a failed batch from the store until it goes through, with backoff; False if
+        abandoned on stop.
 
         Outages are retried while they last; other failures ``max_retries`` times per stage,
         after which the batch is isolated (``detector/isolate.py``)."""
+        batch.move(Phase.REDOING)
+        parsed = batch.parsed
         delay = self.config.backoff_initial_s
         tries: Counter[str] = Counter()
         while True:
@@ -363,26 +365,28 @@ class Worker:
             failed = None
             if self._stop.wait(delay):
                 self._abandoned = True
+                batch.move(Phase.ABANDONED)
                 log.warning("stop requested; leaving %d messages uncommitted", len(parsed))
                 return False
             delay = min(delay * 2, self.config.backoff_max_s)
-        self._done(outcome, lost, offsets, parsed)
+        batch.move(Phase.FINISHED)
+        self._done(batch, outcome, lost)
         return True
 
-    def _redo(self, batches: list, failed: StageFailed) -> None:
-        """After a pipelined failure: each batch (``_InFlight`` or (parsed, offsets)) in order,
-        from the store, the way ``run_once`` does it."""
+    def _redo(self, batches: list[Batch], failed: StageFailed) -> None:
+        """After a failure: each batch in flight, in order, from the store (a later one with a
+        fresh first try: it only stood on the failed one's states)."""
         for batch in batches:
-            if isinstance(batch, _InFlight):
+            if batch.future is not None:
                 if wait([batch.future], timeout=self.config.score_timeout_s).not_done:
                     log.warning("a scoring call is still running; redoing its batch anyway")
-                batch = (batch.parsed, batch.offsets)
-            if not self._process(*batch, failed=failed):
+            if not self._process(batch, failed):
                 return
             failed = None
 
-    def _done(self, outcome: Outcome, lost: list[str], offsets: Offsets | None,
-              parsed: list[ParsedReading | Rejection]) -> None:
+    def _done(self, batch: Batch, outcome: Outcome, lost: list[str]) -> None:
+        batch.expect(Phase.FINISHED)
+        offsets, parsed = batch.offsets, batch.parsed
         self._set_ready(True)
         self._heartbeat = self.clock()  # a batch finished: alive
         for (name, labels), n in outcome.items():
@@ -397,10 +401,12 @@ class Worker:
                                               self._commits.revoked)
             if pending is not None:
                 wait([pending.future], timeout=2 * self.config.score_timeout_s)
+                pending.move(Phase.DROPPED)
             if rewind:
                 self.source.seek(rewind)
             self.metrics.inc("rereads_total", len(refused))
         self._commit(offsets)
+        batch.move(Phase.COMMITTED)
 
     def _commit(self, offsets: Offsets | None) -> None:
         self._commits.commit(offsets)

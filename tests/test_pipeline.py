@@ -1,6 +1,6 @@
-"""The pipelined loop (``Worker.pump``, what ``run`` uses): batch N scores on a background thread
-while N+1 is polled and prepared from N's in-memory states. The behaviour every loop shares is
-tested in ``test_worker.py`` over both loops; this is what only the pipeline does."""
+"""The loop at pipeline depth 1 (``Worker.step``, what ``run`` uses by default): batch N scores on a
+background thread while N+1 is polled and prepared from N's in-memory states. The behaviour both
+depths share is tested in ``test_worker.py`` at depth 0 and 1; this is what only depth 1 does."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def test_the_next_batch_is_polled_while_the_previous_one_scores_off_the_main_thr
 
 def test_a_batch_commits_and_saves_only_its_own_readings():
     r = rig(scenario(), pipeline=True)
-    assert r.worker.pump() == 7 and r.source.committed == 0  # batch 1 scoring
-    assert r.worker.pump() == 7  # batch 2 polled and prepared, then batch 1 finished
+    assert r.worker.step() == 7 and r.source.committed == 0  # batch 1 scoring
+    assert r.worker.step() == 7  # batch 2 polled and prepared, then batch 1 finished
     assert r.source.position == 14 and r.source.committed == 7
     stored = r.store.load(["e1", "e2", "e3"])
     # batch 1 is t=0,1 of e1..e3 and t=2 of e1: the store has exactly that, not batch 2's readings
@@ -66,17 +66,17 @@ def test_an_entity_another_worker_saved_is_loaded_again_not_carried():
     loads: list[list[str]] = []
     load = store.load
     store.load = lambda entities: (loads.append(list(entities)), load(entities))[1]
-    r.worker.pump()
-    r.worker.pump()  # batch 1 saved
+    r.worker.step()
+    r.worker.step()  # batch 1 saved
     other = load(["e1"])["e1"]  # another worker (after a rebalance) writes e1
     assert store.save([other]) == [True]
-    r.worker.pump()
+    r.worker.step()
     # batch 2 (carried from 1) loses e1: it is not committed; batch 3, in flight on batch 2's
     # states, is dropped, and both are read again from batch 2's start, loading afresh
     assert r.metrics.count("store_conflicts_total") == 1
     assert r.source.committed == 7 and r.source.position == 7 and r.worker._pending is None
     for _ in range(3):
-        r.worker.pump()
+        r.worker.step()
     assert [sorted(entities) for entities in loads] == [["e1", "e2", "e3"]] * 2
     drain(r.worker)
     r.worker.close()

@@ -62,10 +62,10 @@ class Rig:
 LOOP = {"pipeline": True}
 
 
-@pytest.fixture(autouse=True, params=["pipelined", "one-at-a-time"])
+@pytest.fixture(autouse=True, params=["depth-1", "depth-0"])
 def loop_mode(request):
-    """Every test runs over both loops: ``pump`` (``run``'s default) and ``run_once``."""
-    LOOP["pipeline"] = request.param == "pipelined"
+    """Every test runs the one loop at both pipeline depths: 1 (``run``'s default) and 0."""
+    LOOP["pipeline"] = request.param == "depth-1"
     yield request.param
     LOOP["pipeline"] = True
 
@@ -86,7 +86,7 @@ def rig(msgs: list[Message], loader=None, **overrides) -> Rig:
 
 def step(worker: Worker) -> int:
     """One turn of the loop ``run`` would use."""
-    return worker.pump() if worker.config.pipeline else worker.run_once()
+    return worker.step()
 
 
 def drain(worker: Worker) -> int:
@@ -233,13 +233,13 @@ def test_reload_swaps_the_model_between_batches_and_a_failed_reload_keeps_it():
     models = iter([(zscore("v1"), THRESHOLD), (zscore("v2", mean=0.05), THRESHOLD)])
     r = rig(scenario(), loader=lambda: next(models), alert_mode="window")
     for _ in range(4):
-        r.worker.run_once()
+        r.worker.step()
     r.worker.request_reload()
     drain(r.worker)
     versions = [(a["ts_ms"], a["model_version"]) for a in alerts(r.sink)]
     assert {v for _, v in versions} == {"v2"} and len(versions) == 4
     r.worker.request_reload()  # the iterator is exhausted: the loader raises
-    r.worker.run_once()
+    r.worker.step()
     assert r.worker.detector.version == "v2"
     assert r.metrics.count("model_reloads_total", result="ok") == 1
     assert r.metrics.count("model_reloads_total", result="error") == 1
@@ -249,7 +249,7 @@ def test_reload_refuses_a_model_with_another_window():
     models = iter([(zscore("v1"), THRESHOLD), (ZScoreDetector(CHANNELS, 5, [0, 0], [1, 1], "v9"), THRESHOLD)])
     r = rig(scenario(), loader=lambda: next(models))
     r.worker.request_reload()
-    r.worker.run_once()
+    r.worker.step()
     assert r.worker.detector.version == "v1"
 
 
@@ -358,7 +358,7 @@ class Tripwire:
 class Tripped:
     """Wraps a source, sink, store or detector; calls ``trip.hit`` around the real method."""
 
-    AFTER = {"load": "after_load", "save": "after_save", "send": "after_send", "flush": "after_flush",
+    AFTER = {"poll": "after_poll", "load": "after_load", "save": "after_save", "send": "after_send", "flush": "after_flush",
              "score": "after_score"}
 
     def __init__(self, inner, trip: Tripwire) -> None:
@@ -392,7 +392,7 @@ def crash_run(stage: str, at: int, mode: str) -> tuple[Tripwire, InMemorySink, I
     return trip, sink, store, per_batch
 
 
-STAGES = ["after_load", "after_score", "after_send", "after_flush", "after_save", "before_commit"]
+STAGES = ["after_poll", "after_load", "after_score", "after_send", "after_flush", "after_save", "before_commit"]
 
 
 @pytest.mark.parametrize("mode", ["episode", "window"])
@@ -492,7 +492,7 @@ def test_stop_during_retries_exits_without_commit():
     # pipelined, batch 3 is polled (and takes batch 2's states over) before batch 2 saves
     polled = 21 if worker.config.pipeline else 14
     assert source.committed == 7 and source.position == polled and closed == [True]
-    assert not worker.ready and worker.run_once() == 0 and source.position == polled
+    assert not worker.ready and worker.step() == 0 and source.position == polled
 
 
 def test_a_scoring_failure_is_retried_not_fatal():
