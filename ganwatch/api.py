@@ -297,7 +297,7 @@ def fit(
     latent: int = DEFAULTS.latent, lr: float = DEFAULTS.lr, max_gap_s: float | None = None,
     torch_threads: int = DEFAULTS.torch_threads, sample_budget: int = DEFAULTS.sample_budget,
     threshold_margin: float = DEFAULTS.threshold_margin, no_progress: bool = False,
-    entity: str | None = None,
+    entity: str | None = None, progress: Progress | None = None,
 ) -> Model:
     """Train on normal rows of ``data`` (a DataFrame, or a CSV/Parquet path) exactly as
     ``ganwatch train`` does; the same rows, options and seed give the same model.
@@ -306,6 +306,7 @@ def fit(
     1 s apart). Channels are ``channels``, else every numeric column not in ``exclude``.
     ``entity`` names the column that says which asset each row is from (a fleet): ``train_rows``
     then counts per entity and each entity keeps its own operating point (``detector.baseline``).
+    ``progress``, when given, is called after every epoch instead of the bar.
     """
     config = train_config(window=window, epochs=epochs, model=model, device=device, seed=seed,
                           batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
@@ -335,8 +336,9 @@ def fit(
 
     ts_ms = table.row_ts_ms()[keep]
     values = table.values[keep]
-    with progress_bar(config, no_progress) as progress:
-        result = train(ts_ms, values, table.channels, config, progress=progress, entities=entities)
+    with progress_bar(config, no_progress) as bar:
+        result = train(ts_ms, values, table.channels, config, progress=progress or bar,
+                       entities=entities)
     training_data = {"path": None if isinstance(data, pd.DataFrame) else str(data),
                      "rows": rows, "fingerprint": fingerprint(ts_ms, values, entities)}
     extra = {"timestamp_column": ts_column, "hyperparameters": config.to_dict(),
