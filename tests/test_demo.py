@@ -267,7 +267,8 @@ def test_the_demo_trains_on_one_fleet_file_without_artificial_gaps(tmp_path):
         rows = fleet[fleet["entity"] == entity]
         assert len(rows) == len(table.values) == 400
         np.testing.assert_allclose(rows[list(table.channels)].to_numpy(), table.values)
-        steps = np.diff(pd.to_datetime(rows["ts"]).to_numpy().astype("datetime64[ms]")
+        steps = np.diff(pd.to_datetime(rows["ts"]).dt.tz_convert(None).to_numpy()
+                        .astype("datetime64[ms]")
                         .astype(np.int64))
         assert (steps == 1000).all()
     assert sim.train_rows == int(sim.telemetry.normal_rows * 0.75)
