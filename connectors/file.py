@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from detector.baseline import check_entity_name
 from detector.message import MAX_TS_MS
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Table:
     labels: np.ndarray | None  # (n,) int64 0/1
     frame_rows: int
     source: str = ""
+    entities: np.ndarray | None = None  # (n,) object: each row's entity name, with an entity column
 
     def row_ts_ms(self) -> np.ndarray:
         """``ts_ms``, or rows ``ROW_STEP_MS`` apart from 0 when the file has no timestamps."""
@@ -67,7 +69,7 @@ def check_min_rows(table: Table, need: int, what: str) -> None:
 def read_table(
     path: str | os.PathLike, *, sep: str | None = None, timestamp_column: str | None = None,
     channels: Sequence[str] | None = None, exclude_columns: Sequence[str] = (),
-    label_column: str | None = None, ffill_limit: int = 3,
+    label_column: str | None = None, ffill_limit: int = 3, entity_column: str | None = None,
 ) -> Table:
     """Read a CSV or Parquet file into a ``Table``.
 
@@ -77,37 +79,51 @@ def read_table(
     """
     if ffill_limit < 0:
         raise ValueError(f"ffill_limit must be >= 0, got {ffill_limit}")
-    frame = _read_frame(Path(path), sep, timestamp_column)
+    frame = _read_frame(Path(path), sep, timestamp_column, entity_column)
     return frame_table(frame, str(path), timestamp_column=timestamp_column, channels=channels,
                        exclude_columns=exclude_columns, label_column=label_column,
-                       ffill_limit=ffill_limit)
+                       ffill_limit=ffill_limit, entity_column=entity_column)
+
+
+def read_frame(path: str | os.PathLike, *, sep: str | None = None,
+               timestamp_column: str | None = None, entity_column: str | None = None
+               ) -> pd.DataFrame:
+    """The file as ``read_table`` reads it, before any column is checked (a column named here
+    may be absent)."""
+    return _read_frame(Path(path), sep, timestamp_column, entity_column)
 
 
 def frame_table(
     frame: pd.DataFrame, name: str, *, timestamp_column: str | None = None,
     channels: Sequence[str] | None = None, exclude_columns: Sequence[str] = (),
-    label_column: str | None = None, ffill_limit: int = 3,
+    label_column: str | None = None, ffill_limit: int = 3, entity_column: str | None = None,
 ) -> Table:
     """A ``Table`` from a frame already in memory, by ``read_table``'s rules; ``name`` stands for
-    the file in messages. The frame is not changed."""
+    the file in messages. The frame is not changed. ``entity_column`` names each row's entity (a
+    fleet file): never a channel, and every name must be one the worker accepts as a key."""
     if ffill_limit < 0:
         raise ValueError(f"ffill_limit must be >= 0, got {ffill_limit}")
     columns = [str(c) for c in frame.columns]
     if list(frame.columns) != columns:
         frame = frame.set_axis(columns, axis=1)
-    named = [c for c in (timestamp_column, label_column) if c]
+    named = [c for c in (timestamp_column, label_column, entity_column) if c]
+    if len(set(named)) != len(named):
+        raise DataError(f"{name}: the timestamp, label and entity columns must differ, got "
+                        f"{', '.join(map(repr, named))}")
     for col in [*named, *(channels or ()), *exclude_columns]:
         if col not in columns:
             raise DataError(f"{name}: unknown column {col!r}; available: {', '.join(columns)}")
     if len(frame) == 0:
         raise DataError(f"{name}: no data rows")
-    special = {c for c in (timestamp_column, label_column) if c}
+    special = set(named)
     if channels is not None:
         chosen = list(channels)
         for col in chosen:
             if col in special:
+                role = ("timestamp" if col == timestamp_column else
+                        "entity" if col == entity_column else "label")
                 raise DataError(f"{name}: column {col!r} cannot be both a channel and the "
-                                f"{'timestamp' if col == timestamp_column else 'label'} column")
+                                f"{role} column")
         if len(set(chosen)) != len(chosen):
             raise DataError(f"{name}: a channel is listed twice in {chosen}")
     else:
@@ -125,8 +141,9 @@ def frame_table(
         ts_ms = None
         timestamps = np.asarray([str(i) for i in range(len(frame))], dtype=object)
     labels = _labels(name, label_column, frame[label_column]) if label_column else None
+    entities = _entities(name, entity_column, frame[entity_column]) if entity_column else None
     log.debug("read %s: %d rows, channels %s", name, len(frame), chosen)
-    return Table(chosen, values, ts_ms, timestamps, labels, len(frame), name)
+    return Table(chosen, values, ts_ms, timestamps, labels, len(frame), name, entities)
 
 
 def sniff_separator(header: str) -> str:
@@ -137,7 +154,8 @@ def sniff_separator(header: str) -> str:
     return SEPARATORS[counts.index(best)] if best else ","
 
 
-def _read_frame(path: Path, sep: str | None, ts_col: str | None) -> pd.DataFrame:
+def _read_frame(path: Path, sep: str | None, ts_col: str | None,
+                entity_col: str | None = None) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .csv, .tsv, "
@@ -154,9 +172,11 @@ def _read_frame(path: Path, sep: str | None, ts_col: str | None) -> pd.DataFrame
             header = f.readline()
         if not header.strip():
             raise DataError(f"{path}: empty file (no header line)")
-        # The timestamp column stays text so it can be written back exactly as it came in.
+        # The timestamp column stays text so it can be written back exactly as it came in, and
+        # the entity column so that "007" stays the name the worker sees, not 7.
+        text = {c: str for c in (ts_col, entity_col) if c}
         return pd.read_csv(path, sep=sep or sniff_separator(header), encoding="utf-8-sig",
-                           skipinitialspace=True, dtype={ts_col: str} if ts_col else None)
+                           skipinitialspace=True, dtype=text or None)
     except DataError:
         raise
     except UnicodeDecodeError:
@@ -276,12 +296,25 @@ def _labels(name: str, column: str, col: pd.Series) -> np.ndarray:
     return numbers.astype(np.int64)
 
 
+def _entities(name: str, column: str, col: pd.Series) -> np.ndarray:
+    """Each row's entity name as text; a missing, empty or unprintable one is a ``DataError``."""
+    names = np.asarray([v if isinstance(v, str) else "" if pd.isna(v) else str(v)
+                        for v in col.tolist()], dtype=object)
+    for row, value in enumerate(names.tolist()):
+        problem = check_entity_name(value)
+        if problem:
+            raise DataError(f"{name}: entity column {column!r} row {row}: {problem}")
+    return names
+
+
 def write_scores_csv(
     path: str | os.PathLike, timestamps: Sequence[str] | np.ndarray, scores: np.ndarray,
     flags: np.ndarray, contributions: np.ndarray | None = None,
-    channels: Sequence[str] | None = None,
+    channels: Sequence[str] | None = None, entities: np.ndarray | None = None,
+    entity_column: str = "entity",
 ) -> None:
-    """Write ``timestamp,score,is_anomaly[,contrib_<channel>...]``, one row per input row.
+    """Write ``timestamp,score,is_anomaly[,contrib_<channel>...]``, one row per input row; a fleet
+    file's (``entities``) has its entity column second, under ``entity_column``.
 
     A row without a score (NaN: its window was not complete yet) has a blank score and
     ``is_anomaly`` 0. The file is written next to its final name and renamed into place.
@@ -298,6 +331,10 @@ def write_scores_csv(
         "score": scores,
         "is_anomaly": np.where(scored, flags, 0).astype(np.int64),
     })
+    if entities is not None:
+        if len(entities) != n:
+            raise ValueError(f"lengths differ: {len(entities)} entities, {n} scores")
+        out.insert(1, entity_column, np.asarray(entities, dtype=object))
     if contributions is not None:
         contributions = np.asarray(contributions, dtype=np.float64)
         if channels is None or contributions.shape != (n, len(channels)):
@@ -308,10 +345,12 @@ def write_scores_csv(
     _write_atomic(out, Path(path))
 
 
-def write_episodes_csv(path: str | os.PathLike, episodes: Sequence[dict], top: int = 3) -> None:
+def write_episodes_csv(path: str | os.PathLike, episodes: Sequence[dict], top: int = 3,
+                       entity_column: str | None = None) -> None:
     """One row per episode: ``start,end,peak_score,peak_ts,top_channels``; ``end`` is blank for an
     episode still open where the data ends; ``top_channels`` lists the ``top`` largest shares of
-    the peak window as ``name=share`` separated by ``;``."""
+    the peak window as ``name=share`` separated by ``;``. With ``entity_column`` (a fleet file)
+    each episode's ``entity`` comes first, under that name."""
     out = pd.DataFrame({
         "start": [e["start"] for e in episodes],
         "end": [e["end"] or "" for e in episodes],
@@ -320,6 +359,8 @@ def write_episodes_csv(path: str | os.PathLike, episodes: Sequence[dict], top: i
         "top_channels": [";".join(f"{c['name']}={(c['contribution'] or 0.0):.3f}"
                                   for c in e["channels"][:top]) for e in episodes],
     }, columns=["start", "end", "peak_score", "peak_ts", "top_channels"])
+    if entity_column is not None:
+        out.insert(0, entity_column, [e["entity"] for e in episodes])
     _write_atomic(out, Path(path))
 
 

@@ -1,7 +1,8 @@
 """One poll batch through the worker's three stages: prepare, score, finish.
 
 - ``prepare``: group by entity (arrival order kept) -> ``store.load`` -> fill missing channels ->
-  ``advance`` each entity. Stages ``load`` and ``window``.
+  ``advance`` each entity -> stack the windows (centred by a fleet model's baselines). Stages
+  ``load`` and ``window``.
 - ``score_batch``: score ALL the batch's windows (stacked by ``prepare``) in one
   ``detector.score`` call, chunked at ``max_batch``. Stage ``score``. It touches nothing but the
   stacked windows, so the worker may run it on a background thread while it polls and prepares
@@ -28,6 +29,7 @@ import numpy as np
 from detector.alert import (
     AlertContext, encode, make_alerts, score_record, score_stacked, stack, verdicts,
 )
+from detector.baseline import centre_windows
 from detector.message import (
     MAX_DEAD_LETTER_BYTES, ParsedReading, Rejection, dead_letter_record, fill_missing,
 )
@@ -132,6 +134,8 @@ def prepare(
             if stats.accepted:
                 changed.append(state)
         stacked = stack(windows) if windows else np.empty((0, 0, 0))  # here: overlapped when pipelined
+        # a fleet model judges each entity against its own operating point (detector.baseline)
+        stacked = centre_windows(detector, stacked, [w.entity for w in windows])
     except Exception as exc:
         raise StageFailed(stage, exc) from exc
     return Prepared(detector, threshold, states, changed, windows, stacked, rejects, outcome,

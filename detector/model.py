@@ -2,7 +2,8 @@
 ``detector.term.WindowScore`` (reconstruction error, critic output, stuck sensors, spikes).
 
 ``ModelSpec`` is the model's own description, everything but the weights: channels, network shape,
-scaler, which channels are judged by shape (slow) and how, and the fitted score. It is what
+scaler, which channels are judged by shape (slow) and how, the fitted score and, for a model trained
+on a fleet, each trained entity's baseline (``detector.baseline``). It is what
 ``model.json`` stores, read and written in one place (``ModelSpec.meta``, ``ModelSpec.from_meta``).
 Every statistic is frozen at training time, never taken from the batch being scored, so a window
 scores the same alone or in any batch.
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from detector.baseline import KEY as BASELINES_KEY, EntityBaselines
 from detector.level import LevelModel
 from detector.network import Networks, NetworkShape
 from detector.scaler import StandardScaler
@@ -90,6 +92,8 @@ class ModelSpec:
     center_inputs: bool = True
     level: LevelModel | None = None
     score: WindowScore | None = None
+    # a fleet model's operating points: windows reach it centred (detector.baseline.centre_windows)
+    baselines: EntityBaselines | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -98,6 +102,8 @@ class ModelSpec:
             raise ValueError("channels, scaler and network disagree in size")
         if self.score is not None:
             self.score.check(len(self.channels))
+        if self.baselines is not None and self.baselines.values.shape[1] != len(self.channels):
+            raise ValueError("entity baselines and channels disagree in size")
 
     def calibrated(self, score: WindowScore) -> "ModelSpec":
         return replace(self, score=score)
@@ -118,6 +124,8 @@ class ModelSpec:
         }
         if self.level is not None and self.level.explained.any():
             meta["level_model"] = self.level.to_dict()
+        if self.baselines is not None:
+            meta[BASELINES_KEY] = self.baselines.to_dict()
         return meta
 
     @classmethod
@@ -134,10 +142,13 @@ class ModelSpec:
                 level = LevelModel.from_dict(meta["level_model"], shape.n_channels)
             except (TypeError, KeyError, ValueError) as exc:
                 raise ValueError(f"level_model is inconsistent: {exc}") from None
+        baselines = None
+        if BASELINES_KEY in meta:
+            baselines = EntityBaselines.from_dict(meta[BASELINES_KEY], shape.n_channels)
         return cls(channels, shape, StandardScaler.from_dict(meta["scaler"]),
                    np.isin(channels, meta.get("slow_channels", [])),
                    bool(meta.get("center_inputs", True)), level,
-                   WindowScore.from_dict(meta["score_normaliser"]))
+                   WindowScore.from_dict(meta["score_normaliser"]), baselines)
 
 
 class LstmGanDetector:
@@ -157,6 +168,11 @@ class LstmGanDetector:
     @property
     def level(self) -> LevelModel | None:
         return self.spec.level
+
+    @property
+    def baselines(self) -> EntityBaselines | None:
+        """A fleet model's operating points; its windows must come centred by them."""
+        return self.spec.baselines
 
     @torch.inference_mode()
     def parts(self, windows: np.ndarray) -> Parts:

@@ -9,6 +9,7 @@ import numpy as np
 from detector.alert import (
     ANOMALY_END, ANOMALY_START, EPISODE, WINDOW, AlertContext, Verdict, make_alerts,
 )
+from detector.baseline import centre_windows
 from detector.message import iso_ms
 from detector.score import Detector, Threshold
 from detector.stream import AdvanceStats, EntityState, StreamConfig, WindowRef, advance
@@ -48,9 +49,12 @@ def window_array(windows: list[WindowRef]) -> np.ndarray:
 
 def score_series(
     detector: Detector, threshold: Threshold, ts_ms: np.ndarray, values: np.ndarray,
-    stream: StreamConfig,
+    stream: StreamConfig, entity: str | None = None,
 ) -> SeriesScores:
-    """Score every window of one series; row ``i`` gets the score of the window ending at row ``i``."""
+    """Score every window of one series; row ``i`` gets the score of the window ending at row ``i``.
+
+    ``entity`` names the series for a fleet model, which centres its windows by that entity's
+    baseline as the worker does (None: an entity the model was not trained on)."""
     ts_ms = np.asarray(ts_ms, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
     n, c = values.shape
@@ -61,7 +65,7 @@ def score_series(
     for start, windows, stats in iter_windows(ts_ms, values, stream):
         if not windows:
             continue
-        batch = detector.score(window_array(windows))
+        batch = detector.score(centre_windows(detector, window_array(windows), entity))
         rows = start + np.fromiter((w.index for w in windows), dtype=np.int64, count=len(windows))
         scores[rows] = batch.scores
         contributions[rows] = batch.contributions
@@ -81,6 +85,8 @@ class SeriesAlerts:
     flags: np.ndarray  # (n,) 0/1: window mode, the anomalous windows' rows; episode mode, every
     # row from the window that opened an episode to the one that closed it (or the series' end)
     open_episode: dict  # episode state at the series' end (empty unless it ends inside one)
+    # a fleet file's: each entity's own alerts (``detector.fleet.entity_alerts``); else None
+    by_entity: dict[str, "SeriesAlerts"] | None = None
 
 
 def series_alerts(

@@ -159,6 +159,7 @@ class ProcessDetector:
         self.timeout_s = timeout_s
         self.channels, self.window = list(inline.channels), inline.window
         self.version = inline.version
+        self.baselines = getattr(inline, "baselines", None)  # windows arrive centred by them
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._shared = _Shared()

@@ -10,7 +10,7 @@ Once ``window`` readings are buffered, the reading that completes a window score
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -43,11 +43,25 @@ def learn_max_gap_ms(ts_ms: np.ndarray, steps: int = GAP_STEPS) -> int | None:
     """``steps`` times the median step between increasing timestamps; None (no gap rule) when
     there are fewer than two distinct timestamps. Repeated and out-of-order readings, which the
     stream rules skip, are left out of the median."""
+    return _gap_from_steps(increasing_steps(ts_ms), steps)
+
+
+def learn_entities_max_gap_ms(series: Sequence[np.ndarray], steps: int = GAP_STEPS) -> int | None:
+    """``learn_max_gap_ms`` of a fleet: the median of every entity's own steps, never a step
+    from one entity's reading to another's."""
+    found = [increasing_steps(ts) for ts in series]
+    return _gap_from_steps(np.concatenate(found) if found else np.empty(0, np.int64), steps)
+
+
+def increasing_steps(ts_ms: np.ndarray) -> np.ndarray:
+    """Steps between the timestamps the stream rules accept (each after every earlier one)."""
     ts = np.asarray(ts_ms, dtype=np.int64)
     if len(ts) < 2:
-        return None
-    kept = ts[np.concatenate([[True], ts[1:] > np.maximum.accumulate(ts)[:-1]])]
-    diffs = np.diff(kept)
+        return np.empty(0, dtype=np.int64)
+    return np.diff(ts[np.concatenate([[True], ts[1:] > np.maximum.accumulate(ts)[:-1]])])
+
+
+def _gap_from_steps(diffs: np.ndarray, steps: int) -> int | None:
     if not len(diffs):
         return None
     return max(int(steps * float(np.median(diffs))), 1)

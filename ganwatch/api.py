@@ -3,7 +3,8 @@ run (``ganwatch.offline_cli`` is a thin layer over it).
 
 Every option of ``ganwatch train`` is a keyword argument of ``fit`` with the same name (underscores
 for dashes) and the same default, taken from ``TrainConfig``; the data options are ``timestamp``,
-``channels`` and ``exclude``. Bad input raises ``connectors.file.DataError`` with the CLI's message.
+``channels``, ``exclude`` and ``entity`` (the entity column of a fleet file, see
+``ganwatch.fleet``). Bad input raises ``connectors.file.DataError`` with the CLI's message.
 torch is imported only when a model is trained or loaded.
 """
 
@@ -23,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from connectors.file import DataError, Table, frame_table, read_table
+from connectors.file import DataError, Table, frame_table, read_frame
 from detector.alert import ALERT_MODES, DEFAULT_ALERT_MODE, DEFAULT_END_WINDOWS
 from detector.offline import SeriesAlerts, SeriesScores, score_series, series_alerts
 from detector.stream import StreamConfig
 from ganwatch.extra import installed
+from ganwatch.fleet import fleet_training_rows, run_fleet
 from training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -74,13 +76,22 @@ def check_score_options(stride: int, max_gap_s: float | None, alert_mode: str,
 
 def read_data(data: Any, *, sep: str | None = None, timestamp: str | None = None,
               channels: Sequence[str] | None = None, exclude: Sequence[str] = (),
-              label_column: str | None = None) -> tuple[Table, str | None]:
+              label_column: str | None = None, entity: str | None = None,
+              default_entity: str | None = None) -> tuple[Table, str | None]:
     """A file (CSV or Parquet, as the CLI reads it) or a DataFrame as a ``Table``, and the
-    timestamp column it used. A DataFrame without ``timestamp`` takes its DatetimeIndex."""
-    options = dict(channels=channels, exclude_columns=exclude, label_column=label_column)
+    timestamp column it used. A DataFrame without ``timestamp`` takes its DatetimeIndex. The
+    entity column is ``entity``, else ``default_entity`` where the data has that column."""
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    else:
+        frame = read_frame(data, sep=sep, timestamp_column=timestamp,
+                           entity_column=entity or default_entity)
+    if not entity and default_entity and default_entity in map(str, frame.columns):
+        entity = default_entity
+    options = dict(channels=channels, exclude_columns=exclude, label_column=label_column,
+                   entity_column=entity)
     if not isinstance(data, pd.DataFrame):
-        return read_table(data, sep=sep, timestamp_column=timestamp, **options), timestamp
-    frame = data
+        return frame_table(frame, str(data), timestamp_column=timestamp, **options), timestamp
     if timestamp is None and isinstance(frame.index, pd.DatetimeIndex):
         timestamp = frame.index.name
         column = "timestamp" if timestamp is None else str(timestamp)
@@ -135,20 +146,34 @@ class Model:
     def meta(self) -> dict[str, Any]:
         return self.artifact.meta
 
+    @property
+    def entity_column(self) -> str | None:
+        """The entity column it was trained with (a fleet model), else None."""
+        return self.meta.get("entity_column")
+
+    @property
+    def entities(self) -> list[str]:
+        """The entities it was trained on, each judged against its own baseline; empty for a
+        model trained without an entity column."""
+        baselines = self.artifact.detector.baselines
+        return [] if baselines is None else list(baselines.names)
+
     def __repr__(self) -> str:
         return (f"Model({self.model_version}, channels={self.channels}, window={self.window}, "
                 f"threshold={self.threshold:.4g})")
 
     def read(self, data: Any, *, sep: str | None = None, timestamp: str | None = None,
-             label_column: str | None = None) -> Table:
+             label_column: str | None = None, entity: str | None = None) -> Table:
         """The model's channels from ``data``; the timestamp from ``timestamp``, else the model's
-        timestamp column, else a DataFrame's DatetimeIndex."""
+        timestamp column, else a DataFrame's DatetimeIndex; the entity column ``entity``, else the
+        model's where ``data`` has it."""
         column = timestamp or self.meta.get("timestamp_column")
         if isinstance(data, pd.DataFrame) and not timestamp and (
                 column not in map(str, data.columns)) and isinstance(data.index, pd.DatetimeIndex):
             column = None
         table, _ = read_data(data, sep=sep, timestamp=column, channels=self.channels,
-                             label_column=label_column)
+                             label_column=label_column, entity=entity,
+                             default_entity=self.entity_column)
         if len(table.values) < self.window:
             raise DataError(f"{data_name(data)}: {len(table.values)} rows, fewer than the window "
                             f"of {self.window}")
@@ -160,6 +185,12 @@ class Model:
         """Score a table's rows and run the verdicts through the worker's alert rules."""
         detector, threshold = self.artifact.detector, self.artifact.threshold
         stream = StreamConfig(self.window, stride, self.artifact.max_gap_ms(max_gap_s))
+        if table.entities is not None:
+            return run_fleet(self.artifact, table, stream, alert_mode, episode_end_windows)
+        if detector.baselines is not None:
+            log.warning("the model was trained on a fleet (entity column %r) but these rows have "
+                        "no entity column: they are scored as one entity it has not seen, by "
+                        "shape only", self.entity_column)
         ts_ms = table.row_ts_ms()
         scored = score_series(detector, threshold, ts_ms, table.values, stream)
         if scored.stats.duplicates:
@@ -172,12 +203,13 @@ class Model:
     def score(self, data: Any, *, timestamp: str | None = None, sep: str | None = None,
               stride: int = 1, contributions: bool = False, alert_mode: str = DEFAULT_ALERT_MODE,
               episode_end_windows: int = DEFAULT_END_WINDOWS,
-              max_gap_s: float | None = None) -> pd.DataFrame:
+              max_gap_s: float | None = None, entity: str | None = None) -> pd.DataFrame:
         """One row per input row, indexed as the input: ``score`` (NaN where no window ends),
         ``is_anomaly`` (0/1, as ``ganwatch score`` writes it), and ``contrib_<channel>`` when
-        ``contributions``."""
+        ``contributions``. With an entity column (``entity``, else the model's where the data
+        has it) each entity's rows are scored alone, as the worker scores them."""
         check_score_options(stride, max_gap_s, alert_mode, episode_end_windows)
-        table = self.read(data, sep=sep, timestamp=timestamp)
+        table = self.read(data, sep=sep, timestamp=timestamp, entity=entity)
         scored, alerts = self.run(table, stride=stride, max_gap_s=max_gap_s, alert_mode=alert_mode,
                                   episode_end_windows=episode_end_windows)
         has = ~np.isnan(scored.scores)
@@ -265,23 +297,35 @@ def fit(
     latent: int = DEFAULTS.latent, lr: float = DEFAULTS.lr, max_gap_s: float | None = None,
     torch_threads: int = DEFAULTS.torch_threads, sample_budget: int = DEFAULTS.sample_budget,
     threshold_margin: float = DEFAULTS.threshold_margin, no_progress: bool = False,
+    entity: str | None = None, progress: Progress | None = None,
 ) -> Model:
     """Train on normal rows of ``data`` (a DataFrame, or a CSV/Parquet path) exactly as
     ``ganwatch train`` does; the same rows, options and seed give the same model.
 
     The timestamp is the ``timestamp`` column, else a DataFrame's DatetimeIndex, else none (rows
     1 s apart). Channels are ``channels``, else every numeric column not in ``exclude``.
+    ``entity`` names the column that says which asset each row is from (a fleet): ``train_rows``
+    then counts per entity and each entity keeps its own operating point (``detector.baseline``).
+    ``progress``, when given, is called after every epoch instead of the bar.
     """
     config = train_config(window=window, epochs=epochs, model=model, device=device, seed=seed,
                           batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
                           max_gap_s=max_gap_s, torch_threads=torch_threads,
                           sample_budget=sample_budget, threshold_margin=threshold_margin,
                           train_rows=train_rows)
+    if entity is not None and not str(entity).strip():
+        raise DataError("--entity-column must name a column, got an empty name")
     table, ts_column = read_data(data, sep=sep, timestamp=timestamp,
-                                 channels=split_names(channels), exclude=split_names(exclude) or ())
-    n = len(table.values)
-    rows = n if train_rows is None else min(train_rows, n)
+                                 channels=split_names(channels), exclude=split_names(exclude) or (),
+                                 entity=entity)
     need = 2 * window + 8
+    if table.entities is None:
+        n = len(table.values)
+        rows = n if train_rows is None else min(train_rows, n)
+        keep, entities = slice(0, rows), None
+    else:
+        keep, rows = fleet_training_rows(table.entities, train_rows, need, data_name(data))
+        entities = table.entities[keep]
     if rows < need:
         raise DataError(
             f"{data_name(data)}: {rows} training rows, need at least {need} for a window of "
@@ -290,17 +334,18 @@ def fit(
     from detector.artifact import load_artifact
     from training.trainer import train
 
-    ts_ms = table.row_ts_ms()[:rows]
-    values = table.values[:rows]
-    with progress_bar(config, no_progress) as progress:
-        result = train(ts_ms, values, table.channels, config, progress=progress)
-    extra = {
-        "timestamp_column": ts_column,
-        "hyperparameters": config.to_dict(),
-        "training_data": {"path": None if isinstance(data, pd.DataFrame) else str(data),
-                          "rows": rows, "fingerprint": fingerprint(ts_ms, values)},
-        "training_metrics": result.metrics,
-    }
+    ts_ms = table.row_ts_ms()[keep]
+    values = table.values[keep]
+    with progress_bar(config, no_progress) as bar:
+        result = train(ts_ms, values, table.channels, config, progress=progress or bar,
+                       entities=entities)
+    training_data = {"path": None if isinstance(data, pd.DataFrame) else str(data),
+                     "rows": rows, "fingerprint": fingerprint(ts_ms, values, entities)}
+    extra = {"timestamp_column": ts_column, "hyperparameters": config.to_dict(),
+             "training_data": training_data, "training_metrics": result.metrics}
+    if entities is not None:
+        extra["entity_column"] = entity
+        training_data["train_rows_per_entity"] = train_rows
     with tempfile.TemporaryDirectory(prefix="ganwatch-") as tmp:
         # loaded back from its own artifact: scored exactly as `ganwatch score` will score it
         result.save(tmp, extra)
@@ -326,7 +371,9 @@ def progress_bar(config: TrainConfig, no_progress: bool = False) -> Iterator[Pro
         yield update
 
 
-def fingerprint(ts_ms: np.ndarray, values: np.ndarray) -> str:
+def fingerprint(ts_ms: np.ndarray, values: np.ndarray, entities: np.ndarray | None = None) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(ts_ms, dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    if entities is not None:
+        digest.update("\n".join(entities.tolist()).encode("utf-8"))
     return "sha256:" + digest.hexdigest()

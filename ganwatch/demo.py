@@ -1,7 +1,8 @@
 """``ganwatch demo``: broker, Redis, simulated pumps, a trained model and the worker on one machine.
 
 It starts a memory-only Kafka-protocol broker (tansu) and Redis on free loopback ports, simulates
-pumps with injected faults, trains one ``lstm-gan`` on every pump's fault-free prefix, runs the
+pumps with injected faults, trains one ``lstm-gan`` on every pump's fault-free prefix (one fleet
+file with an entity column, through ``ganwatch.fit``, as an operator would train), runs the
 worker in a thread, replays the rest of the telemetry interleaved, prints alerts as they arrive and
 ends with a summary (faults detected or missed, false alarms, delays, throughput), a JSON file and a
 PNG. Everything it started is stopped on exit, Ctrl-C and SIGTERM included.
@@ -21,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import numpy as np
 
 from detector.stream import DEFAULT_MAX_GAP_S
 from ganwatch import demo_report as report
@@ -41,6 +41,7 @@ DEFAULT_ENTITIES, DEFAULT_ROWS, DEFAULT_EPOCHS, DEFAULT_SPEEDUP = 3, 2400, 10, 3
 DAYS = 4  # simulated days in a run, so that training sees almost two of them
 TRAIN_SHARE = 0.75  # of each pump's fault-free prefix; the rest is replayed as unseen normal data
 WORKER_TIMEOUT_S = 120.0  # for the worker to catch up once everything is published
+FLEET_FILE, ENTITY_COLUMN = "fleet.csv", "entity"  # every pump's readings, one table
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -94,26 +95,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @dataclass
 class Scenario:
-    """The simulated pumps: telemetry with its faults, the CSV files and where training ends."""
+    """The simulated pumps: telemetry with its faults, the CSV files (one per pump, and the fleet
+    file of all of them) and where each pump's training rows end."""
 
     telemetry: Any
     tables: dict[str, Table]
     paths: list[Path]
     train_rows: int
+    fleet: Path | None = None
 
 
 def simulate_pumps(opts: DemoOptions, directory: Path) -> Scenario:
     from connectors.file import read_table
-    from ganwatch.simulator import simulate, write_csv
+    from ganwatch.simulator import fleet_frame, simulate, write_csv
 
     names = [f"pump-{i + 1}" for i in range(opts.entities)]
     telemetry = simulate(names, opts.rows, opts.seed, period=opts.rows // DAYS)
     paths = write_csv(telemetry, directory)
+    fleet = directory / FLEET_FILE
+    fleet_frame(telemetry, ENTITY_COLUMN).to_csv(fleet, index=False)
     # read back through the file reader, as `ganwatch train` and `replay` would read them
     tables = {e: read_table(p, timestamp_column="ts", channels=list(telemetry.channels))
               for e, p in zip(names, paths)}
-    train_rows = int(telemetry.normal_rows * TRAIN_SHARE) // 4 * 4  # see training_set
-    return Scenario(telemetry, tables, paths, train_rows)
+    train_rows = int(telemetry.normal_rows * TRAIN_SHARE)
+    return Scenario(telemetry, tables, paths, train_rows, fleet)
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -147,10 +152,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                 f"{report.iso(ts[f.start])[11:19]} to {report.iso(ts[f.end - 1])[11:19]}")
 
         config = TrainConfig(epochs=opts.epochs, seed=opts.seed, max_gap_ms=DEFAULT_MAX_GAP_S * 1000)
-        stage(f"[3/6] training {config.model} on the first {sim.train_rows} fault-free readings of "
-            f"each pump ({config.epochs} epochs)")
+        stage(f"[3/6] training {config.model} on {sim.fleet.name}, the first {sim.train_rows} "
+              f"fault-free readings of each pump ({config.epochs} epochs)")
         model_dir = out / "model"
-        meta, result = train_model(sim.tables, sim.train_rows, config, model_dir, opts.seed)
+        meta, result = train_model(sim.fleet, list(sim.telemetry.channels), sim.train_rows, config,
+                                   model_dir)
         say(f"      model {meta['model_version']} in {model_dir}/ (threshold "
             f"{result.threshold.value:.2f}, {result.metrics['train_seconds']:.0f} s)")
 
@@ -188,6 +194,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             threshold=result.threshold.value, train_seconds=result.metrics["train_seconds"],
             train_rows_per_entity=sim.train_rows, replayed_rows_per_entity=n_live, topics=TOPICS,
             servers=servers, report=str(png), data=[str(p) for p in sim.paths],
+            fleet_data=str(sim.fleet),
             wall_seconds=round(time.monotonic() - started, 1))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         say(f"  Report: {png}")
@@ -227,42 +234,21 @@ def _start_worker(stack: contextlib.ExitStack, bootstrap: str, redis_url: str, m
     return running, settings.metrics_port, alerts, scores
 
 
-def training_set(tables: dict[str, Table], rows: int, calib_fraction: float,
-                 gap_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every pump's first ``rows`` readings as one series the trainer splits as intended.
+def train_model(fleet: Path, channels: list[str], rows: int, config: TrainConfig,
+                model_dir: Path) -> tuple[dict[str, Any], TrainResult]:
+    """Train one model on the fleet file's first ``rows`` readings of each pump, in one call as an
+    operator would (``ganwatch train --entity-column entity``); write artifact and training PNG."""
+    from ganwatch.api import fit, write_artifact
 
-    The trainer fits on the first ``1 - calib_fraction`` of the rows and calibrates on the rest, so
-    the pumps' fitting parts come first and their held-back parts last (``rows`` a multiple of 4
-    makes the split exact for the default 0.25); a gap of ``gap_ms``, longer than the stream's
-    ``max_gap``, between the parts keeps any window from spanning two of them.
-    """
-    fit = int(round(rows * (1 - calib_fraction)))
-    parts = [t.values[:fit] for t in tables.values()] + [t.values[fit:rows] for t in tables.values()]
-    stamps, t0 = [], 0
-    for part in parts:
-        stamps.append(t0 + 1000 * np.arange(len(part), dtype=np.int64))
-        t0 = int(stamps[-1][-1]) + gap_ms
-    return np.concatenate(stamps), np.concatenate(parts)
-
-
-def train_model(tables: dict[str, Table], rows: int, config: TrainConfig, model_dir: Path,
-                seed: int) -> tuple[dict[str, Any], TrainResult]:
-    """Train one model on every pump's first ``rows`` readings; write artifact and training PNG."""
-    from training.report import plot_training_report
-    from training.trainer import train
-
-    ts_ms, values = training_set(tables, rows, config.calib_fraction, 2 * config.max_gap_ms)
-    channels = next(iter(tables.values())).channels
     with _progress(config.epochs) as progress:
-        result = train(ts_ms, values, channels, config, progress=progress)
-    meta = result.save(model_dir, {
-        "timestamp_column": "ts", "hyperparameters": config.to_dict(),
-        "training_data": {"source": "ganwatch demo simulator", "seed": seed,
-                          "entities": list(tables), "rows_per_entity": rows},
-        "training_metrics": result.metrics})
-    plot_training_report(model_dir / "report.png", result.history, result.train_scores,
-                         result.calib_scores, result.threshold.value)
-    return meta, result
+        model = fit(fleet, timestamp="ts", entity=ENTITY_COLUMN, channels=channels,
+                    train_rows=rows, epochs=config.epochs, seed=config.seed,
+                    max_gap_s=None if config.max_gap_ms is None else config.max_gap_ms / 1000,
+                    progress=progress, no_progress=True)
+    model.training.extra["training_data"].update(source="ganwatch demo simulator",
+                                                 seed=config.seed)
+    meta, _ = write_artifact(model, model_dir)
+    return meta, model.training.result
 
 
 @contextlib.contextmanager

@@ -26,6 +26,11 @@ def add_data_arguments(p: argparse.ArgumentParser, channels: bool = True) -> Non
     p.add_argument("--timestamp-column", default=None,
                    help="timestamp column, ISO-8601 or epoch (default: none; score and evaluate: "
                         "the model's)")
+    p.add_argument("--entity-column", default=None,
+                   help="column naming each row's asset in a fleet file: each entity's rows form "
+                        "their own windows and the model keeps each trained entity's operating "
+                        "point (default: none, one asset; score and evaluate: the model's, where "
+                        "the file has it)")
     if channels:
         p.add_argument("--channels", default=None,
                        help="comma-separated channel columns (default: every numeric column)")
@@ -134,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model = fit(
         args.data, timestamp=args.timestamp_column, channels=args.channels,
-        exclude=args.exclude_columns, sep=args.sep,
+        exclude=args.exclude_columns, sep=args.sep, entity=args.entity_column,
         **{name: getattr(args, name) for name in TRAIN_OPTIONS},
     )
     meta, report = write_artifact(model, args.out)
@@ -150,6 +155,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "calibration_false_alarm_rate": round(result.metrics["calibration_false_alarm_rate"], 4),
         "report": str(report) if report else None,
     }
+    if model.entity_column:
+        summary.update(entity_column=model.entity_column, entities=len(model.entities),
+                       skipped_entities=result.metrics["skipped_entities"])
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -167,7 +175,7 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
     check_score_options(args.stride, args.max_gap_s, args.alert_mode, args.episode_end_windows)
     model = load(args.model, device=args.device)
     table = model.read(args.data, sep=args.sep, timestamp=args.timestamp_column,
-                       label_column=label_column)
+                       label_column=label_column, entity=args.entity_column)
     scored, alerts = model.run(table, stride=args.stride, max_gap_s=args.max_gap_s,
                                alert_mode=args.alert_mode,
                                episode_end_windows=args.episode_end_windows)
@@ -176,6 +184,7 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
 
 def cmd_score(args: argparse.Namespace) -> int:
     from connectors.file import DataError, write_episodes_csv, write_scores_csv
+    from detector.fleet import entity_episode_rows
     from detector.offline import episode_rows
 
     if args.episodes and args.alert_mode != EPISODE:
@@ -184,15 +193,23 @@ def cmd_score(args: argparse.Namespace) -> int:
     write_scores_csv(
         args.out, table.timestamps, scored.scores, alerts.flags,
         contributions=scored.contributions if args.contributions else None,
-        channels=table.channels,
+        channels=table.channels, entities=table.entities,
+        entity_column=model_entity(args, artifact),
     )
     log.info("wrote %d rows to %s (%d anomalous)", len(scored.scores), args.out,
              int(alerts.flags.sum()))
     if args.episodes:
-        episodes = episode_rows(alerts)
-        write_episodes_csv(args.episodes, episodes)
+        fleet = alerts.by_entity is not None
+        episodes = entity_episode_rows(alerts.by_entity) if fleet else episode_rows(alerts)
+        write_episodes_csv(args.episodes, episodes, entity_column=model_entity(args, artifact)
+                           if fleet else None)
         log.info("wrote %d episodes to %s", len(episodes), args.episodes)
     return 0
+
+
+def model_entity(args: argparse.Namespace, artifact) -> str:
+    """The entity column's name as the output files write it."""
+    return args.entity_column or artifact.meta.get("entity_column") or "entity"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -201,7 +218,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plot:
         require("--plot", "plots")  # before the scoring, not after it
     artifact, table, scored, alerts = load_scored(args, label_column=args.label_column)
-    part = slice(args.from_row, None)
+    part: slice | np.ndarray = slice(args.from_row, None)
+    if table.entities is not None:  # each entity's rows together: events never mix entities
+        from detector.fleet import group_rows
+
+        part = np.concatenate([rows[rows >= args.from_row]
+                               for rows in group_rows(table.entities).values()])
     result = evaluate(table.labels[part], alerts.flags[part], scored.scores[part],
                       ts_ms=table.ts_ms[part] if table.ts_ms is not None else None)
     result.update(model_version=artifact.meta["model_version"], threshold=artifact.threshold.value,

@@ -27,7 +27,13 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="CSV (any delimiter) or Parquet file")
     p.add_argument("--bootstrap-servers", required=True, help="HOST:PORT[,HOST:PORT]")
     p.add_argument("--topic", required=True, help="input topic of the worker")
-    p.add_argument("--entity", required=True, help="entity name (message key and 'entity' field)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--entity", default=None,
+                     help="entity name of every row (message key and 'entity' field); required "
+                          "unless --entity-column")
+    who.add_argument("--entity-column", default=None,
+                     help="column naming each row's entity in a fleet file: each record is keyed "
+                          "by its row's entity (default: none; required unless --entity)")
     p.add_argument("--timestamp-column", default=None,
                    help="timestamp column (default: none, and readings are stamped 1 s apart "
                         "from now)")
@@ -53,12 +59,22 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_replay)
 
 
-def messages(table: Table, entity: str, ts_format: str, start_ms: int) -> Iterator[tuple[int, bytes]]:
-    """(ts_ms, JSON value) per row, in file order."""
+def row_entities(table: Table, entity: str | None) -> list[str]:
+    """Each row's entity: its entity column's (a fleet file), else ``entity`` for every row."""
+    if table.entities is not None:
+        return table.entities.tolist()
+    if entity is None:
+        raise ValueError("give an entity name or read the table with its entity column")
+    return [entity] * len(table.values)
+
+
+def messages(table: Table, entity: str | None, ts_format: str, start_ms: int
+             ) -> Iterator[tuple[int, bytes]]:
+    """(ts_ms, JSON value) per row, in file order; a fleet table's rows name their own entity."""
     ts = table.ts_ms if table.ts_ms is not None else start_ms + 1000 * np.arange(len(table.values))
-    for t, row in zip(ts.tolist(), table.values.tolist()):
+    for t, who, row in zip(ts.tolist(), row_entities(table, entity), table.values.tolist()):
         value = {
-            "entity": entity,
+            "entity": who,
             "ts": iso_ms(t) if ts_format == "iso" else t,
             "values": dict(zip(table.channels, row)),
         }
@@ -66,11 +82,11 @@ def messages(table: Table, entity: str, ts_format: str, start_ms: int) -> Iterat
 
 
 def publish(
-    table: Table, entity: str, bootstrap: str, topic: str, *, rate: float | None = None,
+    table: Table, entity: str | None, bootstrap: str, topic: str, *, rate: float | None = None,
     speedup: float | None = None, ts_format: str = "iso", limit: int | None = None,
     progress: bool = False, security: dict | None = None,
 ) -> int:
-    """Send the rows; return how many were acknowledged by the broker."""
+    """Send the rows, keyed by their entity; return how many were acknowledged by the broker."""
     from connectors.kafka import KafkaSink
 
     sink = KafkaSink(bootstrap, security or {}, linger_ms=20)
@@ -79,11 +95,12 @@ def publish(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=f"replay {entity}", unit="msg")
-    key = entity.encode()
+        bar = tqdm(total=total, desc=f"replay {entity or 'fleet'}", unit="msg")
+    keys = [e.encode("utf-8") for e in row_entities(table, entity)]
     started, first_ts, sent = time.monotonic(), None, 0
     try:
-        for t, value in messages(table, entity, ts_format, int(time.time() * 1000)):
+        for key, (t, value) in zip(keys, messages(table, entity, ts_format,
+                                                  int(time.time() * 1000))):
             if sent >= total:
                 break
             if rate:
@@ -121,12 +138,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise DataError("--speedup replays the file's own timing: give --timestamp-column")
     security = load_kafka_security(vars(args), os.environ, args.bootstrap_servers)
     split = (lambda s: [c.strip() for c in s.split(",") if c.strip()] if s else None)
+    if args.entity_column is not None and not args.entity_column.strip():
+        raise DataError("--entity-column must name a column, got an empty name")
     table = read_table(args.data, sep=args.sep, timestamp_column=args.timestamp_column,
                        channels=split(args.channels),
-                       exclude_columns=split(args.exclude_columns) or ())
+                       exclude_columns=split(args.exclude_columns) or (),
+                       entity_column=args.entity_column)
     sent = publish(table, args.entity, args.bootstrap_servers, args.topic, rate=args.rate,
                    speedup=args.speedup, ts_format=args.ts_format, limit=args.limit,
                    progress=not args.no_progress and sys.stderr.isatty(), security=security)
-    print(json.dumps({"topic": args.topic, "entity": args.entity, "published": sent,
-                      "channels": table.channels}))
+    summary = {"topic": args.topic, "entity": args.entity, "published": sent,
+               "channels": table.channels}
+    if table.entities is not None:
+        summary.update(entity_column=args.entity_column,
+                       entities=len(dict.fromkeys(table.entities.tolist())))
+    print(json.dumps(summary))
     return 0

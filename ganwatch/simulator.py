@@ -1,9 +1,11 @@
 """Seeded telemetry of centrifugal pumps with injected faults, for the demo and tests.
 
 Each pump follows a hidden load (its normalised speed ``n``): a daily cycle compressed to ``period``
-rows, plus a slow random fluctuation. The channels follow the pump affinity laws, so they are
-correlated through ``n`` but not linearly: flow ~ n, pressure ~ n**2, current ~ n**3 (plus the
-no-load current), vibration ~ n**2, temperature follows power through a thermal lag, speed ~ n.
+rows, plus a slow random fluctuation, around the pump's operating point (``loads``; 0.65 unless
+given), so the pumps of a fleet can run at different levels. The channels follow the pump
+affinity laws, so they are correlated through ``n`` but not linearly: flow ~ n, pressure ~ n**2,
+current ~ n**3 (plus the no-load current), vibration ~ n**2, temperature follows power through a
+thermal lag, speed ~ n.
 
 Fault magnitudes are in units of the channel's standard deviation ``sd`` over the clean series
 (which includes the daily swing, so they stand out from the normal range, not only from noise):
@@ -21,7 +23,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,7 @@ import pandas as pd
 CHANNELS = ("flow", "pressure", "current", "vibration", "temperature", "speed")
 KINDS = ("spike", "level_shift", "drift", "stuck", "correlation_break")
 SPIKE_SD, SHIFT_SD, DRIFT_SD = 6.0, 3.0, 4.0
+DEFAULT_LOAD = 0.65  # a pump's operating point (mean normalised speed) unless ``loads`` says
 DEFAULT_START_TS_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z, fixed so output is reproducible
 # which channel each default fault hits, and how long it lasts at most (rows)
 DEFAULT_CHANNEL = {"spike": "vibration", "level_shift": "current", "drift": "temperature",
@@ -110,17 +113,22 @@ def simulate(
     period: int = 600,
     normal_rows: int | None = None,
     channels: Sequence[str] = CHANNELS,
+    loads: Mapping[str, float] | None = None,
 ) -> Telemetry:
     """Simulate ``rows`` readings per entity, ``step_ms`` apart; deterministic for a seed.
 
     ``faults="default"`` places one fault of each kind after ``normal_rows`` (default: 60 % of the
-    rows); each entity's data depends only on the seed and its name, not on the other entities.
+    rows); each entity's data depends only on the seed, its name and its operating point
+    ``loads[entity]`` (mean normalised speed, default ``DEFAULT_LOAD``), not on the other entities.
     """
     unknown = [c for c in channels if c not in SPECS]
     if unknown or not channels:
         raise ValueError(f"unknown channels {unknown}; known: {', '.join(CHANNELS)}")
     if rows < 2 or period < 2 or step_ms < 1:
         raise ValueError("rows and period must be >= 2 and step_ms >= 1")
+    loads = dict(loads or {})
+    if set(loads) - set(entities) or not all(0.4 <= v <= 0.9 for v in loads.values()):
+        raise ValueError(f"loads must give entities among {list(entities)} a level in 0.4..0.9")
     normal_rows = int(rows * 0.6) if normal_rows is None else normal_rows
     if faults == "default":
         faults = default_faults(entities, rows, normal_rows, channels)
@@ -136,7 +144,7 @@ def simulate(
     frames, loads = {}, {}
     for entity in entities:
         rng = np.random.default_rng([seed, zlib.crc32(entity.encode())])
-        n = _load(rng, rows, period)
+        n = _load(rng, rows, period, loads.get(entity, DEFAULT_LOAD))
         data, driven = _channels(rng, n, channels)
         label = np.zeros(rows, dtype=np.int64)
         sd = {c: float(data[c].std()) for c in channels}  # of the clean series
@@ -161,11 +169,12 @@ def _ar1(rng: np.random.Generator, rows: int, phi: float, sd: float) -> np.ndarr
     return out
 
 
-def _load(rng: np.random.Generator, rows: int, period: int) -> np.ndarray:
+def _load(rng: np.random.Generator, rows: int, period: int, level: float = DEFAULT_LOAD
+          ) -> np.ndarray:
     phase = rng.uniform(0, 2 * np.pi)
     t = np.arange(rows)
     daily = 0.15 * np.sin(2 * np.pi * t / period + phase) + 0.04 * np.sin(4 * np.pi * t / period)
-    return np.clip(0.65 + daily + _ar1(rng, rows, 0.98, 0.03), 0.3, 0.95)
+    return np.clip(level + daily + _ar1(rng, rows, 0.98, 0.03), level - 0.35, level + 0.3)
 
 
 def _channels(rng: np.random.Generator, n: np.ndarray, channels: Sequence[str]
@@ -206,6 +215,15 @@ def _inject(values: np.ndarray, driven: np.ndarray, sd: float, fault: Fault) -> 
         values[span] = values[max(fault.start - 1, 0)]
     elif fault.kind == "correlation_break":
         values[span] -= 2 * (driven[span] - driven.mean())
+
+
+def fleet_frame(telemetry: Telemetry, column: str = "entity") -> pd.DataFrame:
+    """Every entity's readings in one table with an entity ``column``, in time order (entities
+    interleaved, in their order at equal times): the fleet file ``--entity-column`` reads."""
+    parts = [frame.assign(**{column: entity}) for entity, frame in telemetry.frames.items()]
+    table = pd.concat(parts, ignore_index=True)
+    table = table.iloc[np.argsort(table["ts"].to_numpy(), kind="stable")].reset_index(drop=True)
+    return table[["ts", column] + [c for c in table.columns if c not in ("ts", column)]]
 
 
 def write_csv(telemetry: Telemetry, directory: str | Path) -> list[Path]:

@@ -126,7 +126,8 @@ def test_a_datetime_index_is_the_timestamp(trained):
 
 def test_every_train_flag_is_a_fit_keyword_with_its_default():
     params = inspect.signature(ganwatch.fit).parameters
-    renamed = {"timestamp_column": "timestamp", "exclude_columns": "exclude"}
+    renamed = {"timestamp_column": "timestamp", "exclude_columns": "exclude",
+               "entity_column": "entity"}
     train = subparsers(build_parser())["train"]
     dests = [a.dest for a in train._actions if a.option_strings and a.dest not in ("help", "out")]
     assert len(dests) > 15

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.file import Table
 from ganwatch import demo_report as report
 from ganwatch.cli import main
-from ganwatch.demo import training_set
+from ganwatch.demo import DemoOptions, simulate_pumps
 from ganwatch.simulator import KINDS, Fault
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,20 +254,24 @@ def test_alert_line_shows_entity_time_type_score_and_top_channels():
                         r"current 67%, flow 20%, speed 10%", line)
 
 
-def test_training_set_puts_every_fitting_part_before_the_held_back_parts():
-    def table(offset: float) -> Table:
-        values = offset + np.arange(16, dtype=float).reshape(8, 2)
-        return Table(["a", "b"], values, np.arange(8) * 1000, [], None, 8)
+def test_the_demo_trains_on_one_fleet_file_without_artificial_gaps(tmp_path):
+    """Every pump's readings in one table, interleaved in time; each pump's own rows stay 1 s
+    apart, so nothing but the entity column keeps windows from spanning two pumps."""
+    import pandas as pd
 
-    ts, values = training_set({"p1": table(0), "p2": table(100)}, rows=8, calib_fraction=0.25,
-                              gap_ms=600_000)
-    assert values[:, 0].tolist() == [0, 2, 4, 6, 8, 10, 100, 102, 104, 106, 108, 110,
-                                     12, 14, 112, 114]
-    steps = np.diff(ts)
-    assert (steps > 0).all()
-    assert sorted(np.flatnonzero(steps > 300_000).tolist()) == [5, 11, 13]
-    # the trainer's split (first 75 % of the rows) falls exactly between the parts
-    assert int(round(len(values) * 0.75)) == 12
+    sim = simulate_pumps(DemoOptions(entities=3, rows=400), tmp_path)
+    fleet = pd.read_csv(sim.fleet)
+    assert list(fleet.columns[:2]) == ["ts", "entity"]
+    assert fleet["entity"].tolist()[:3] == ["pump-1", "pump-2", "pump-3"]
+    for entity, table in sim.tables.items():
+        rows = fleet[fleet["entity"] == entity]
+        assert len(rows) == len(table.values) == 400
+        np.testing.assert_allclose(rows[list(table.channels)].to_numpy(), table.values)
+        steps = np.diff(pd.to_datetime(rows["ts"]).dt.tz_convert(None).to_numpy()
+                        .astype("datetime64[ms]")
+                        .astype(np.int64))
+        assert (steps == 1000).all()
+    assert sim.train_rows == int(sim.telemetry.normal_rows * 0.75)
 
 
 def test_a_swallowed_sigterm_still_stops_at_the_next_step(capsys):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from detector.artifact import save_artifact
+from detector.baseline import EntityBaselines
 from detector.level import LevelModel
 from detector.model import LstmGanDetector, ModelSpec, resolve_device
 from detector.network import Networks, NetworkShape
@@ -86,11 +87,17 @@ def epoch_plan(n_windows: int, config: TrainConfig) -> tuple[int, int]:
     return epochs, per_epoch
 
 
-def slow_channels(values: np.ndarray, limit: float) -> np.ndarray:
-    """Channels whose lag-1 autocorrelation exceeds ``limit``: slow signals that drift."""
+def slow_channels(values: np.ndarray, limit: float, breaks: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Channels whose lag-1 autocorrelation exceeds ``limit``: slow signals that drift.
+    ``breaks``: rows that start a new series (a fleet's next entity), not paired with the row
+    before them."""
     x = values - values.mean(axis=0)
     denom = (x * x).sum(axis=0)
-    ac = np.divide((x[1:] * x[:-1]).sum(axis=0), denom, out=np.zeros(x.shape[1]), where=denom > 0)
+    pairs = x[1:] * x[:-1]
+    if breaks is not None and len(breaks):
+        pairs[np.asarray(breaks) - 1] = 0.0
+    ac = np.divide(pairs.sum(axis=0), denom, out=np.zeros(x.shape[1]), where=denom > 0)
     return ac > limit
 
 
@@ -105,32 +112,68 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def train(
-    ts_ms: np.ndarray, values: np.ndarray, channels: list[str], config: TrainConfig,
-    progress: Callable[[int, dict[str, float]], None] | None = None,
-) -> TrainResult:
-    """Fit scaler, networks and calibration on normal rows (oldest first)."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    device = resolve_device(config.device)
-    use_amp = config.amp and device.type == "cuda"
+@dataclass
+class TrainingWindows:
+    """What a run fits and calibrates on: windows (already centred for a fleet), and the scaler,
+    slow channels, gap rule and baselines fitted to make them."""
 
+    fit: np.ndarray
+    calib: np.ndarray
+    scaler: StandardScaler
+    slow: np.ndarray
+    max_gap_ms: int | None
+    stats: AdvanceStats
+    baselines: EntityBaselines | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def series_windows(ts_ms: np.ndarray, values: np.ndarray, config: TrainConfig) -> TrainingWindows:
+    """One asset's rows: the first ``1 - calib_fraction`` fit, the windows ending after them are
+    held back for calibration."""
     n_fit = int(round(len(values) * (1 - config.calib_fraction)))
     scaler = StandardScaler.fit(values[:n_fit])
     max_gap_ms = resolve_max_gap_ms(ts_ms, config.max_gap_ms)
     windows, ends, stats = make_windows(ts_ms, values, config.window, max_gap_ms)
-    if stats.duplicates:
-        log.warning("skipped %d of %d rows whose timestamp repeats or goes back (the stream "
-                    "rules of score and serve skip them too)", stats.duplicates, len(ts_ms))
+    warn_skipped(stats, len(ts_ms))
     fit_windows = windows[ends < n_fit]
     calib_windows = windows[ends >= n_fit]
     if len(fit_windows) < 2 or len(calib_windows) < 1:
         raise ValueError(too_few_windows(len(fit_windows), len(calib_windows), stats, max_gap_ms,
                                          config.window))
     slow = slow_channels(values[:n_fit], config.slow_autocorr)
+    return TrainingWindows(fit_windows, calib_windows, scaler, slow, max_gap_ms, stats)
+
+
+def warn_skipped(stats: AdvanceStats, rows: int) -> None:
+    if stats.duplicates:
+        log.warning("skipped %d of %d rows whose timestamp repeats or goes back (the stream "
+                    "rules of score and serve skip them too)", stats.duplicates, rows)
+
+
+def train(
+    ts_ms: np.ndarray, values: np.ndarray, channels: list[str], config: TrainConfig,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+    entities: np.ndarray | None = None,
+) -> TrainResult:
+    """Fit scaler, networks and calibration on normal rows (oldest first). With ``entities`` (one
+    name per row) the rows are a fleet's: see ``training.fleet``."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = resolve_device(config.device)
+    use_amp = config.amp and device.type == "cuda"
+
+    if entities is None:
+        data = series_windows(ts_ms, values, config)
+    else:
+        from training.fleet import fleet_windows  # it builds on this module's helpers
+
+        data = fleet_windows(ts_ms, values, entities, config)
+    stats, max_gap_ms, scaler, slow = data.stats, data.max_gap_ms, data.scaler, data.slow
+    fit_windows, calib_windows = data.fit, data.calib
     level = LevelModel.fit(scaler.transform(fit_windows), slow, config.level_r2)
     shape = NetworkShape(config.model, len(channels), config.window, config.hidden, config.latent)
-    spec = ModelSpec(channels, shape, scaler, slow, config.center_inputs, level)
+    spec = ModelSpec(channels, shape, scaler, slow, config.center_inputs, level,
+                     baselines=data.baselines)
     inputs, targets = spec.prepare(fit_windows)
     in_all = torch.from_numpy(inputs).to(device)
     tgt_all = torch.from_numpy(targets).to(device)
@@ -172,6 +215,7 @@ def train(
         "calibration_windows": int(len(calib_windows)),
         "final_losses": {k: v[-1] for k, v in history.items() if v},
         "calibration_false_alarm_rate": float(np.mean(calib_scores >= threshold.value)),
+        **data.metrics,
     }
     return TrainResult(nets.cpu(), spec.calibrated(score), threshold, history, train_scores,
                        calib_scores, metrics, max_gap_ms)
