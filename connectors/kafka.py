@@ -228,6 +228,13 @@ class KafkaSource:
             total += max(0, high - pos)
         return total
 
+    def reachable(self) -> bool:
+        """False while the consumer knows no group coordinator: the broker cannot be reached, or
+        the coordinator is being found again (kafka-python marks it dead when a heartbeat or a
+        request to it fails). Only reads an attribute, so it is safe from any thread."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        return getattr(coordinator, "coordinator_id", "unknown") is not None
+
     def assignment(self) -> Partitions:
         """The (topic, partition) pairs this member owns right now, sorted."""
         return sorted((tp.topic, tp.partition) for tp in self._consumer.assignment())

@@ -6,7 +6,10 @@ slot as its state. ``namespace`` separates models with different channels that s
 
 Fields: ``version``, ``last_ts_ms`` (empty when unset), ``count``, ``ts`` (int64 little-endian bytes),
 ``values`` (float64 little-endian, row-major ``(len(ts), n_channels)``) and ``episode`` (JSON).
-Both ``load`` and ``save`` are a single pipelined round trip whatever the number of entities.
+Both ``load`` and ``save`` are a single pipelined round trip whatever the number of entities; on a
+Redis Cluster (``redis+cluster://``, ``connectors/redis_cluster.py``) one per master, all written
+before any is read. Every command names one key, so each goes to the master of its slot; nothing
+the store does (no MULTI, SCAN or multi-key command) needs keys to share a slot.
 """
 
 from __future__ import annotations
@@ -22,18 +25,21 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 
+from connectors.redis_cluster import (
+    CLUSTER_SCHEMES, cluster_client_from_url, is_unreachable, validate_cluster_url,
+)
 from detector.protocol import Unavailable
 from detector.stream import EntityState
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 7 * 24 * 3600
-URL_SCHEMES = ("redis", "rediss", "unix")
+URL_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+RedisClient = redis.Redis | RedisCluster
 _TS = np.dtype("<i8")
 _VALUES = np.dtype("<f8")
 _CAS_LUA = importlib.resources.files("connectors").joinpath("state_cas.lua").read_text("utf-8")
@@ -52,7 +58,7 @@ class RedisStateStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         n_channels: int,
         prefix: str = "ganwatch",
         namespace: str = "",
@@ -74,7 +80,8 @@ class RedisStateStore:
         self.namespace = namespace
         self.ttl_s = ttl_s
         # register_script gives the SHA and the source to reload after NOSCRIPT (Redis restart,
-        # SCRIPT FLUSH, failover); save() sends EVALSHA itself to stay one round trip.
+        # SCRIPT FLUSH, failover; on a cluster SCRIPT LOAD goes to every master); save() sends
+        # EVALSHA itself to stay one round trip.
         self._cas = client.register_script(_CAS_LUA)
 
     def key(self, entity: str) -> str:
@@ -112,25 +119,34 @@ class RedisStateStore:
             ok = not isinstance(r, Exception) and int(r) == 1
             if ok:
                 state.version += 1  # even when another state failed: this one is stored
-            elif isinstance(r, Exception) and error is None:
-                error = r
+            elif isinstance(r, Exception) and (error is None or is_unreachable(r)):
+                error = r  # an outage of one master outweighs an error about one key
             done.append(ok)
         if error is not None:
+            if is_unreachable(error):  # a cluster pipeline hands back one master's failure
+                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
             raise error
         return done
 
     def ping(self) -> bool:
         """True when Redis answers PING."""
         try:
+            if isinstance(self.client, RedisCluster):  # its plain ping() asks one node
+                return bool(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
             return bool(self.client.ping())
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             log.debug("redis ping failed: %s", exc)
             return False
 
     def _evalsha(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
+        cluster = isinstance(self.client, RedisCluster)
         for key, args in calls:
-            pipe.evalsha(self._cas.sha, 1, key, *args)
+            # execute_command: a cluster pipeline blocks its evalsha() method. It would also ask
+            # a node for the keys of each EVALSHA (COMMAND GETKEYS, a round trip each): the
+            # master of the key's slot is named instead (a MOVED reply is still followed).
+            where = {"target_nodes": self.client.get_node_from_key(key)} if cluster else {}
+            pipe.execute_command("EVALSHA", self._cas.sha, 1, key, *args, **where)
         with _outage():
             return pipe.execute(raise_on_error=False)
 
@@ -189,12 +205,15 @@ class RedisStateStore:
 
 @contextlib.contextmanager
 def _outage() -> Iterator[None]:
-    """Connection errors and timeouts as ``StoreUnavailable``; errors Redis answered with (a
-    foreign value, a full memory) stay what they are: they are about particular keys."""
+    """Connection errors, timeouts and a cluster without a reachable master for a slot as
+    ``StoreUnavailable``; errors Redis answered with (a foreign value, a full memory) stay what
+    they are: they are about particular keys."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
-        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    except (RedisError, RedisClusterException) as exc:
+        if is_unreachable(exc):
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def redis_client_from_url(
@@ -205,20 +224,26 @@ def redis_client_from_url(
     connect_timeout_s: float = 5.0,
     health_check_interval_s: int = 30,
     **extra: Any,
-) -> redis.Redis:
-    """A binary-safe client without client-side retries, for ``redis://``, ``rediss://`` (TLS) or
-    ``unix:///path/to/redis.sock[?db=N]`` (a Unix domain socket) URLs.
+) -> RedisClient:
+    """A binary-safe client without client-side retries, for ``redis://``, ``rediss://`` (TLS),
+    ``unix:///path/to/redis.sock[?db=N]`` (a Unix domain socket) or, for a Redis Cluster,
+    ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` with TLS) URLs.
 
     ``password`` overrides one in the URL (keep secrets out of URLs that end up in configs); ``ssl_ca``
     is a CA bundle for ``rediss://``. The worker retries with its own backoff, so the client fails fast.
+    A cluster client connects at once to learn the slot layout; when no seed node answers it
+    raises ``StoreUnavailable``.
     """
     parts = urlsplit(url)
     scheme = parts.scheme
     if scheme not in URL_SCHEMES:
         raise ValueError(
-            f"Redis URL must start with redis://, rediss:// or unix://, got {redact_url(url)!r}")
+            f"Redis URL must start with redis://, rediss:// or unix://, or redis+cluster:// or "
+            f"rediss+cluster:// for a Redis Cluster, got {redact_url(url)!r}")
     if scheme == "unix" and not parts.path:
         raise ValueError(f"a unix:// Redis URL needs the socket path, got {redact_url(url)!r}")
+    if scheme in CLUSTER_SCHEMES:
+        validate_cluster_url(url)
     kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": connect_timeout_s,
@@ -230,11 +255,15 @@ def redis_client_from_url(
     if password is not None:
         kwargs["password"] = password
     if ssl_ca is not None:
-        if scheme != "rediss":
-            raise ValueError("ssl_ca needs a rediss:// URL (TLS)")
+        if scheme not in ("rediss", "rediss+cluster"):
+            raise ValueError("ssl_ca needs a rediss:// or rediss+cluster:// URL (TLS)")
         kwargs["ssl_ca_certs"] = ssl_ca
         kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     kwargs.update(extra)
+    if scheme in CLUSTER_SCHEMES:
+        kwargs.pop("password", None)
+        with _outage():
+            return cluster_client_from_url(url, password, **kwargs)
     client = redis.Redis.from_url(url, **kwargs)
     if password is not None:
         # from_url lets the URL's password (user info or ``?password=``) beat the keyword: put the

@@ -51,6 +51,9 @@ class Source(Protocol):
     def lag(self) -> int | None:
         """Messages behind the end of the assigned partitions, if known."""
 
+    # Optional: ``reachable() -> bool``, False while the source cannot reach its broker; the
+    # worker's readiness asks it from the health server's thread, so it must be a cheap read.
+
     def close(self) -> None:
         """Leave the group and release resources."""
 

@@ -119,8 +119,9 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """Model loaded and the last batch (or, when idle, a store ping) succeeded."""
-        return self._ready
+        """Model loaded, the last batch (or, when idle, a store ping) succeeded, and the source
+        reaches its broker now (read live, so a batch blocked on a lost broker shows it)."""
+        return self._ready and self._reachable()
 
     @property
     def alive(self) -> bool:
@@ -285,7 +286,7 @@ class Worker:
         self._report_lag()
         if not messages:
             if self._pending is None:  # idle: the store ping keeps readiness honest
-                self._set_ready(self._ping())
+                self._set_ready(self._ping() and self._reachable())
                 self._heartbeat = self.clock()  # idle is alive
             return messages
         self.metrics.observe("batch_size", len(messages))
@@ -438,6 +439,16 @@ class Worker:
             return bool(self.store.ping())
         except Exception as exc:
             log.warning("state store unreachable: %s", describe(exc))
+            return False
+
+    def _reachable(self) -> bool:
+        """The source's own view of its broker (``reachable()``, optional: a source without one
+        counts as reachable); it must be safe to call from any thread."""
+        reachable = getattr(self.source, "reachable", None)
+        try:
+            return reachable is None or bool(reachable())
+        except Exception as exc:
+            log.debug("source reachability unknown: %s", describe(exc))
             return False
 
     def _set_ready(self, ready: bool) -> None:

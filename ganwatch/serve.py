@@ -101,7 +101,9 @@ def build_worker(settings: Settings, stop: threading.Event) -> Running:
 def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack) -> Running:
     from connectors.kafka import KafkaSink, KafkaSource
     from connectors.prometheus import HealthServer, PrometheusMetrics
-    from connectors.redis_store import RedisStateStore, redis_client_from_url
+    from connectors.redis_store import (
+        RedisStateStore, StoreUnavailable, redact_url, redis_client_from_url,
+    )
     from kafka.errors import KafkaError
 
     threads_before = apply_torch_threads(settings.torch_threads)
@@ -155,11 +157,15 @@ def _build(settings: Settings, stop: threading.Event, undo: contextlib.ExitStack
         reason = str(exc) or type(exc).__name__
         raise StartupError(f"cannot connect to Kafka at {settings.bootstrap_servers}: {reason}"
                            ) from None
-    client = redis_client_from_url(
-        settings.redis_url,
-        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-        ssl_ca=settings.redis_ssl_ca,
-    )
+    try:
+        client = redis_client_from_url(
+            settings.redis_url,
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            ssl_ca=settings.redis_ssl_ca,
+        )
+    except StoreUnavailable as exc:  # a cluster client must learn the slot layout at start
+        raise StartupError(f"cannot reach the Redis Cluster at {redact_url(settings.redis_url)}: "
+                           f"{exc}") from None
     undo.callback(_close, "Redis client", client)
     store = RedisStateStore(client, len(channels), prefix=settings.state_prefix,
                             namespace=state_namespace(channels, window), ttl_s=settings.state_ttl_s)

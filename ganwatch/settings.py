@@ -31,6 +31,7 @@ FLAG_OVERRIDES = {"input_topics": "--input-topic"}  # repeatable flag, one topic
 SECRET_MASK = "***"
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's legal topic names
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
 class SettingsError(ValueError):
@@ -89,10 +90,13 @@ class Settings(BaseModel):
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "none", description="Compression of produced alerts (snappy/lz4/zstd need the `fast` extra).")
     # Redis
-    redis_url: str = Field(description="Redis for window state: `redis://`, `rediss://` or `unix://`.")
+    redis_url: str = Field(description="Redis for window state: `redis://`, `rediss://` (TLS), "
+                           "`unix://`, or `redis+cluster://host:port[,host:port...]` "
+                           "(`rediss+cluster://` with TLS) for a Redis Cluster.")
     redis_password: SecretStr | None = Field(
         None, description="Redis password (secret; overrides one in the URL).")
-    redis_ssl_ca: str | None = Field(None, description="CA bundle for a `rediss://` Redis.")
+    redis_ssl_ca: str | None = Field(
+        None, description="CA bundle for a `rediss://` Redis or `rediss+cluster://` cluster.")
     state_ttl_s: int = Field(7 * 24 * 3600, ge=1,
                              description="Entity state expires after this many idle seconds (7 days).")
     state_prefix: str = Field("ganwatch", min_length=1, description="Prefix of the Redis keys.")
@@ -174,11 +178,16 @@ class Settings(BaseModel):
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"must start with redis://, rediss:// or unix://, got {_mask_url(value)!r}")
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError(f"must start with redis://, rediss://, unix://, redis+cluster:// or "
+                             f"rediss+cluster://, got {_mask_url(value)!r}")
         if parts.scheme == "unix" and not parts.path:
             raise ValueError(f"a unix:// URL needs the socket path (unix:///run/redis.sock), got "
                              f"{_mask_url(value)!r}")
+        if parts.scheme.endswith("+cluster"):
+            from connectors.redis_cluster import validate_cluster_url  # redis-py: only when needed
+
+            validate_cluster_url(value)  # its messages never show the user info
         return value
 
     @field_validator("*", mode="before")
@@ -216,8 +225,9 @@ class Settings(BaseModel):
             raise ValueError(f"{label('heartbeat_interval_ms')} must be below "
                              f"{label('session_timeout_ms')}, got {self.heartbeat_interval_ms} >= "
                              f"{self.session_timeout_ms}")
-        if self.redis_ssl_ca and urlsplit(self.redis_url).scheme != "rediss":
-            raise ValueError(f"{label('redis_ssl_ca')} needs a rediss:// {label('redis_url')}")
+        if self.redis_ssl_ca and urlsplit(self.redis_url).scheme not in ("rediss", "rediss+cluster"):
+            raise ValueError(f"{label('redis_ssl_ca')} needs a rediss:// or rediss+cluster:// "
+                             f"{label('redis_url')}")
         return self
 
     @classmethod

@@ -1,7 +1,8 @@
 """Shared fixtures: real Kafka-protocol broker and Redis, started here unless the environment names them.
 
-``KAFKA_BOOTSTRAP`` and ``REDIS_URL`` point the suite at servers someone else runs; tests then isolate
-themselves with unique topic, group, prefix and namespace names and never flush a database.
+``KAFKA_BOOTSTRAP``, ``REDIS_URL`` and ``REDIS_CLUSTER_URL`` (``redis+cluster://host:port,...``) point
+the suite at servers someone else runs; tests then isolate themselves with unique topic, group, prefix
+and namespace names and never flush a database.
 Tests that use a server fixture are marked ``integration`` automatically.
 """
 
@@ -17,8 +18,10 @@ import redis
 from connectors.embedded import EmbeddedKafka, EmbeddedRedis
 from connectors.kafka import create_topics
 from connectors.redis_store import redis_client_from_url
+from tests.redis_cluster import EmbeddedRedisCluster, cluster_mode_missing
 
-SERVER_FIXTURES = {"kafka_bootstrap", "redis_url", "embedded_redis", "redis_client", "topic_factory"}
+SERVER_FIXTURES = {"kafka_bootstrap", "redis_url", "embedded_redis", "redis_client", "topic_factory",
+                   "redis_cluster", "redis_cluster_url", "cluster_client"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,6 +50,31 @@ def redis_url() -> Iterator[str]:
         return
     with EmbeddedRedis() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A private three-master Redis Cluster for the whole session (skipped where the
+    ``redis-server`` binary cannot run one)."""
+    missing = cluster_mode_missing()
+    if missing:
+        pytest.skip(f"no Redis Cluster: {missing}")
+    with EmbeddedRedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(request: pytest.FixtureRequest) -> str:
+    """``redis+cluster://`` URL of a Redis Cluster (the private one unless REDIS_CLUSTER_URL)."""
+    return os.environ.get("REDIS_CLUSTER_URL") or request.getfixturevalue("redis_cluster").url
+
+
+@pytest.fixture
+def cluster_client(redis_cluster_url: str) -> Iterator[redis.RedisCluster]:
+    """A cluster client configured as the worker's, on the shared cluster."""
+    client = redis_client_from_url(redis_cluster_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

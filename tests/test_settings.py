@@ -124,6 +124,11 @@ def test_error_names_flag_and_variable():
     ("bootstrap_servers", "a:9092,b:99999", "got 'b:99999'"),
     ("redis_url", "http://redis:6379", "--redis-url (GANWATCH_REDIS_URL): must start with redis://"),
     ("redis_url", "unix://", "--redis-url (GANWATCH_REDIS_URL): a unix:// URL needs the socket path"),
+    ("redis_url", "redis+cluster://:pw@a:1,b:x", "--redis-url (GANWATCH_REDIS_URL): Redis Cluster "
+                                                "node 'b:x' has a bad port"),
+    ("redis_url", "redis+cluster://a:1/2", "Redis Cluster has only database 0"),
+    ("redis_url", "redis+cluster://", "a Redis Cluster URL needs at least one host:port"),
+    ("redis_url", "redis+sentinel://a:1", "must start with redis://, rediss://, unix://, redis+cl"),
     ("input_topics", ",", "--input-topic (GANWATCH_INPUT_TOPICS): must not be empty"),
     ("alerts_topic", "bad topic", "--alerts-topic (GANWATCH_ALERTS_TOPIC): not a valid Kafka topic"),
     ("compression_type", "brotli", "--compression-type (GANWATCH_COMPRESSION_TYPE)"),
@@ -152,7 +157,9 @@ def test_valid_bootstrap_servers(servers):
     assert load(bootstrap_servers=servers).bootstrap_servers.count(":") >= 1
 
 
-@pytest.mark.parametrize("url", ["redis://r:6379/0", "rediss://:pw@r:6380/1", "unix:///run/redis.sock"])
+@pytest.mark.parametrize("url", ["redis://r:6379/0", "rediss://:pw@r:6380/1", "unix:///run/redis.sock",
+                                 "redis+cluster://r1:7000", "redis+cluster://u:pw@r1:7000,r2:7001/0",
+                                 "rediss+cluster://[::1]:7000,r2"])
 def test_valid_redis_urls(url):
     assert load(redis_url=url).redis_url == url
 
@@ -192,6 +199,8 @@ def test_redis_ca_needs_rediss(tmp_path):
     ca.write_text("x")
     assert "rediss://" in error_of(redis_ssl_ca=str(ca))
     assert load(redis_ssl_ca=str(ca), redis_url="rediss://r:6380").redis_ssl_ca == str(ca)
+    assert "rediss+cluster://" in error_of(redis_ssl_ca=str(ca), redis_url="redis+cluster://r:7000")
+    assert load(redis_ssl_ca=str(ca), redis_url="rediss+cluster://r:7000").redis_ssl_ca == str(ca)
 
 
 def test_heartbeat_must_be_below_session_timeout():
@@ -210,6 +219,14 @@ def test_secrets_never_shown():
     assert redacted["redis_password"] == "***" and redacted["sasl_password"] == "***"
     assert redacted["stride"] == 1 and set(redacted) == set(Settings.model_fields)
     assert sorted(s.secrets()) == ["hunter2", "saslsecret", "urlsecret"]
+
+
+def test_a_password_in_a_cluster_url_is_masked_and_never_in_errors():
+    s = load(redis_url="redis+cluster://u:csecret@r1:7000,r2:7001")
+    assert s.redacted()["redis_url"] == "redis+cluster://u:***@r1:7000,r2:7001"
+    assert s.secrets() == ["csecret"]
+    message = error_of(redis_url="redis+cluster://u:csecret@r1:7000,r2:bad")
+    assert "r2:bad" in message and "csecret" not in message
 
 
 def test_password_in_a_url_query_is_masked_and_listed_as_a_secret():

@@ -566,3 +566,19 @@ def test_the_known_entities_gauge_is_bounded(monkeypatch):
     drain(r.worker)
     assert r.metrics.gauges["entities_known"] == 2 and len(r.worker._known) == 2
     assert r.metrics.count("entities_new_total") == 3  # the counter still counts every one
+
+
+def test_readiness_follows_the_sources_view_of_its_broker():
+    r = rig(scenario())
+    reachable = [True]
+    r.source.reachable = lambda: reachable[0]
+    drain(r.worker)
+    assert r.worker.ready
+    reachable[0] = False  # a lost broker shows at once, even in the middle of a batch
+    assert not r.worker.ready
+    assert step(r.worker) == 0  # idle: the gauge follows between batches too
+    assert r.metrics.gauges["ready"] == 0
+    reachable[0] = True
+    assert step(r.worker) == 0 and r.worker.ready and r.metrics.gauges["ready"] == 1
+    r.source.reachable = lambda: 1 / 0  # a source that cannot tell is not ready
+    assert not r.worker.ready
