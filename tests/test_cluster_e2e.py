@@ -14,7 +14,7 @@ from tests.fleet_support import (
     assert_window_is_the_last_readings, expected_alerts, publish_all, stored_states,
 )
 from tests.test_serve_e2e import (  # noqa: F401  (module fixtures, used by name)
-    END_WINDOWS, ROWS, VALID, Rig, data_csv, error_line, model_dir, run_serve, serve_env, table,
+    END_WINDOWS, ROWS, VALID, data_csv, error_line, model_dir, run_serve, running_rig, table,
     wait_until,
 )
 
@@ -34,16 +34,9 @@ def entities_on_every_master(client, per_master: int = 2) -> list[str]:
 
 @pytest.fixture
 def cluster_rig(kafka_bootstrap, redis_cluster, topic_factory, fast_consumer_config, tmp_path):
-    topics = {name: topic_factory(prefix=f"cl-{name}")
-              for name in ("readings", "alerts", "dead", "scores")}
-    made = Rig(kafka_bootstrap, redis_cluster.url, topics, serve_env(fast_consumer_config), tmp_path)
-    try:
+    with running_rig(kafka_bootstrap, redis_cluster.url, topic_factory, fast_consumer_config,
+                     tmp_path, "cl") as made:
         yield made
-    finally:
-        for serve in made.started:
-            serve.stop()
-        for reader in made.readers:
-            reader.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ prefixes are unique per test.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -233,11 +234,13 @@ class Rig:
         return publish(table, ENTITY, self.bootstrap, self.topics["readings"], **kw)
 
 
-@pytest.fixture
-def rig(kafka_bootstrap, redis_url, topic_factory, fast_consumer_config, tmp_path):
-    topics = {name: topic_factory(prefix=f"e2e-{name}")
+@contextlib.contextmanager
+def running_rig(bootstrap: str, redis_url: str, topic_factory, consumer_config: dict,
+                tmp_path: Path, prefix: str) -> Iterator[Rig]:
+    """A ``Rig`` on fresh topics; every ``serve`` it started is stopped and its readers closed."""
+    topics = {name: topic_factory(prefix=f"{prefix}-{name}")
               for name in ("readings", "alerts", "dead", "scores")}
-    made = Rig(kafka_bootstrap, redis_url, topics, serve_env(fast_consumer_config), tmp_path)
+    made = Rig(bootstrap, redis_url, topics, serve_env(consumer_config), tmp_path)
     try:
         yield made
     finally:
@@ -245,6 +248,13 @@ def rig(kafka_bootstrap, redis_url, topic_factory, fast_consumer_config, tmp_pat
             serve.stop()
         for reader in made.readers:
             reader.close()
+
+
+@pytest.fixture
+def rig(kafka_bootstrap, redis_url, topic_factory, fast_consumer_config, tmp_path):
+    with running_rig(kafka_bootstrap, redis_url, topic_factory, fast_consumer_config, tmp_path,
+                     "e2e") as made:
+        yield made
 
 
 CONTRACT = {"alert_id", "type", "entity", "ts", "ts_ms", "window_start", "score", "threshold",
