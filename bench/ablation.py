@@ -23,6 +23,7 @@ VARIANTS: dict[str, dict] = {
     "all terms": {},
     "no critic": {"critic_weight": 0.0},
     "no stuck-sensor term": {"flat_weight": 0.0},
+    "no noise term": {"noise_weight": 0.0},
     "no spike term": {"peak_weight": 0.0},
     "no sustained-offset part": {"bias_weight": 0.0},
     "no per-channel units": {"channel_norm": False},

@@ -13,13 +13,17 @@ the sum of every term's contributions over channels.
 - ``FlatTerm``: stuck sensors, which a model that cannot rebuild sensor noise does not see. Per
   channel, how many robust spreads the window's step-to-step variation (log std of first
   differences) falls below a tenth (``margin``) of the flattest training window's; zero otherwise.
+- ``NoiseTerm``: a channel that turns noisy or oscillates (a sticking valve, a loose bearing), which
+  a model that cannot rebuild noise does not see either: the mirror of the flat term. Per channel,
+  how many robust spreads the window's variation rises above one and a half times (``margin``)
+  the roughest training window's; zero otherwise.
 - ``PeakTerm``: short spikes, which a window's mean error dilutes (3 rows of 32). Per channel, how
   far the log of the largest squared row residual (relative, as the error) rises above ten times
   (``margin``) the highest held-back value, in robust spreads of the channel's held-back log error.
 
-The flat and peak terms are zero on anything near what training has seen, so the threshold fitted
-on held-back scores keeps its meaning. Nothing here depends on the batch: each window is scored on
-statistics frozen at training time.
+The flat, noise and peak terms are zero on anything near what training has seen, so the threshold
+fitted on held-back scores keeps its meaning. Nothing here depends on the batch: each window is
+scored on statistics frozen at training time.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ import numpy as np
 from detector.score import ScoreBatch, shares
 
 LOG10 = float(np.log(10.0))
+LOG15 = float(np.log(1.5))
 NORMALISER_KEYS = ("rec_center", "rec_scale", "bias_weight", "channel_scale", "critic_center",
                    "critic_scale", "critic_weight", "flat_floor", "flat_scale", "flat_weight",
-                   "flat_margin", "peak_ceiling", "peak_scale", "peak_weight", "peak_margin")
+                   "flat_margin", "noise_ceiling", "noise_scale", "noise_weight", "noise_margin",
+                   "peak_ceiling", "peak_scale", "peak_weight", "peak_margin")
 
 
 def robust_spread(x: np.ndarray) -> float:
@@ -146,6 +152,24 @@ class FlatTerm:
 
 
 @dataclass(frozen=True)
+class NoiseTerm:
+    ceiling: tuple[float, ...]  # per channel: highest log variation of any training window
+    scale: tuple[float, ...]  # per channel: robust spread of that log variation
+    weight: float = 1.0
+    margin: float = LOG15  # only variation over 1.5 x the ceiling counts
+
+    def contribution(self, parts: Parts, basis: np.ndarray) -> np.ndarray:
+        above = (parts.variation - np.asarray(self.ceiling) - self.margin) / np.asarray(self.scale)
+        return self.weight * np.maximum(above, 0.0)
+
+    @classmethod
+    def fit(cls, seen: Parts, weight: float, margin: float) -> "NoiseTerm":
+        """``seen``: every training window, fitting and held-back alike."""
+        var = seen.variation
+        return cls(tuple(float(v) for v in var.max(axis=0)), _spreads(var), weight, margin)
+
+
+@dataclass(frozen=True)
 class PeakTerm:
     ceiling: tuple[float, ...]  # per channel: highest log relative row peak on held-back windows
     scale: tuple[float, ...]  # per channel: robust spread of its held-back log relative error
@@ -174,9 +198,15 @@ class WindowScore:
     critic: CriticTerm | None = None
     flat: FlatTerm | None = None
     peak: PeakTerm | None = None
+    noise: NoiseTerm | None = None
+
+    def named(self) -> list[tuple[str, Any]]:
+        return [(n, t) for n, t in (("error", self.error), ("critic", self.critic),
+                                    ("flat", self.flat), ("noise", self.noise),
+                                    ("peak", self.peak)) if t is not None]
 
     def terms(self) -> list[Any]:
-        return [t for t in (self.error, self.critic, self.flat, self.peak) if t is not None]
+        return [t for _, t in self.named()]
 
     def contributions(self, parts: Parts, basis: np.ndarray | None = None
                       ) -> dict[str, np.ndarray]:
@@ -184,9 +214,7 @@ class WindowScore:
         relative error, which splits the window-level terms over channels."""
         if basis is None:
             basis = shares(self.error.relative(parts))
-        names = ("error", "critic", "flat", "peak")
-        return {n: t.contribution(parts, basis) for n, t in
-                zip(names, (self.error, self.critic, self.flat, self.peak)) if t is not None}
+        return {n: t.contribution(parts, basis) for n, t in self.named()}
 
     def score(self, parts: Parts) -> ScoreBatch:
         basis = shares(self.error.relative(parts))
@@ -199,6 +227,7 @@ class WindowScore:
     def check(self, n_channels: int) -> None:
         for name, values in (("channel_scale", self.error.channel_scale),
                              ("flat_floor", self.flat.floor if self.flat else ()),
+                             ("noise_ceiling", self.noise.ceiling if self.noise else ()),
                              ("peak_ceiling", self.peak.ceiling if self.peak else ())):
             if len(values) not in (0, n_channels):
                 raise ValueError(f"score normaliser {name} needs one value per channel")
@@ -206,7 +235,12 @@ class WindowScore:
     def to_dict(self) -> dict:
         """The artifact's ``score_normaliser`` object (its field names predate the terms)."""
         e, c, f, p = self.error, self.critic, self.flat, self.peak
-        return {
+        noise = {}
+        if self.noise is not None:  # absent when off: artifacts without it read as before
+            n = self.noise
+            noise = {"noise_ceiling": list(n.ceiling), "noise_scale": list(n.scale),
+                     "noise_weight": n.weight, "noise_margin": n.margin}
+        return {**noise,
             "rec_center": e.center, "rec_scale": e.scale, "bias_weight": e.bias_weight,
             "channel_scale": list(e.channel_scale),
             "critic_center": c.center if c else 0.0, "critic_scale": c.scale if c else 1.0,
@@ -227,13 +261,17 @@ class WindowScore:
         vec = lambda key: tuple(float(v) for v in data.get(key, ()))
         channel, floor, flat_scale = vec("channel_scale"), vec("flat_floor"), vec("flat_scale")
         ceiling, peak_scale = vec("peak_ceiling"), vec("peak_scale")
+        noise_ceiling, noise_scale = vec("noise_ceiling"), vec("noise_scale")
         if (not num("rec_scale", 0) > 0 or not num("critic_scale", 1) > 0
-                or not all(v > 0 and np.isfinite(v) for v in flat_scale + channel + peak_scale)):
+                or not all(v > 0 and np.isfinite(v)
+                           for v in flat_scale + channel + peak_scale + noise_scale)):
             raise ValueError("score normaliser scales must be positive")
         if len(floor) != len(flat_scale):
             raise ValueError("flat_floor and flat_scale must have one value per channel")
         if len(ceiling) != len(peak_scale) or not all(np.isfinite(v) for v in ceiling):
             raise ValueError("peak_ceiling and peak_scale must have one finite value per channel")
+        if len(noise_ceiling) != len(noise_scale) or not all(np.isfinite(v) for v in noise_ceiling):
+            raise ValueError("noise_ceiling and noise_scale must have one finite value per channel")
         error = ErrorTerm(num("rec_center", 0), num("rec_scale", 0), channel,
                           num("bias_weight", 0))
         critic = None
@@ -244,4 +282,7 @@ class WindowScore:
             if floor and num("flat_weight", 1) > 0 else None
         peak = PeakTerm(ceiling, peak_scale, channel, num("peak_weight", 1),
                         num("peak_margin", LOG10)) if ceiling and num("peak_weight", 1) > 0 else None
-        return cls(error, critic, flat, peak)
+        noise = NoiseTerm(noise_ceiling, noise_scale, num("noise_weight", 1),
+                          num("noise_margin", LOG15)) \
+            if noise_ceiling and num("noise_weight", 1) > 0 else None
+        return cls(error, critic, flat, peak, noise)

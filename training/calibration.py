@@ -1,7 +1,7 @@
 """Calibration fitted once at training time and stored with the model.
 
 Each term of the score (``detector.term``) fits its own statistics on the held-back normal windows
-(the stuck-sensor term on every training window): ``WindowScore`` adds them. The threshold is the
+(the stuck-sensor and noise terms on every training window): ``WindowScore`` adds them. The threshold is the
 highest held-back score plus ``threshold_margin`` times the held-back scores' robust spread
 (IQR / 1.349): normal data the model never saw stays below it, with a margin for the slow drift
 that real plants show.
@@ -13,22 +13,27 @@ import numpy as np
 
 from detector.model import LstmGanDetector
 from detector.score import Threshold
-from detector.term import CriticTerm, ErrorTerm, FlatTerm, Parts, PeakTerm, WindowScore, robust_spread
+from detector.term import (
+    CriticTerm, ErrorTerm, FlatTerm, NoiseTerm, Parts, PeakTerm, WindowScore, robust_spread,
+)
 from training.config import TrainConfig
 
 
 def fit_score(held: Parts, seen: Parts, config: TrainConfig) -> WindowScore:
     """The terms ``config`` turns on, each fitted on held-back windows (``seen``: all training
-    windows, for the stuck-sensor floor)."""
+    windows, for the stuck-sensor floor and the noise ceiling)."""
     error = ErrorTerm.fit(held, config.bias_weight, config.channel_norm)
     critic = None
     if held.critic is not None and config.critic_weight > 0:
         critic = CriticTerm.fit(held, config.critic_weight)
     flat = FlatTerm.fit(seen, config.flat_weight) if config.flat_weight > 0 else None
+    noise = None
+    if config.noise_weight > 0:
+        noise = NoiseTerm.fit(seen, config.noise_weight, config.noise_margin)
     peak = None
     if config.peak_weight > 0:
         peak = PeakTerm.fit(held, error, config.peak_weight, config.peak_margin)
-    return WindowScore(error, critic, flat, peak)
+    return WindowScore(error, critic, flat, peak, noise)
 
 
 def fit_threshold(calib_scores: np.ndarray, margin: float) -> Threshold:
