@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from detector.artifact import ArtifactError, load_artifact
-from detector.term import ErrorTerm, Parts, WindowScore
+from detector.term import ErrorTerm, NoiseTerm, Parts, WindowScore
 from detector.scaler import StandardScaler
 from training.trainer import TrainConfig, slow_channels, train
 
@@ -289,3 +289,49 @@ def test_peak_weight_zero_leaves_the_peak_term_out():
     ts, values = normal_data(200)
     config = TrainConfig(window=8, epochs=1, hidden=8, latent=4, peak_weight=0.0)
     assert train(ts, values, CHANNELS, config).spec.score.peak is None
+
+
+def test_a_channel_that_turns_noisy_adds_its_noise_term_and_is_named(trained):
+    """Noise on one channel: the noise term (variation over 1.5 x the roughest training window)
+    adds to that channel only, zero on normal windows; the score is the other terms plus it."""
+    out, result, config = trained
+    n = result.spec.score
+    assert len(n.noise.ceiling) == len(n.noise.scale) == len(CHANNELS) and min(n.noise.scale) > 0
+    loaded = load_artifact(out, device="cpu")
+    assert loaded.detector.spec.score == n
+    _, values = normal_data(200, seed=8)
+    w = windows_of(values, config.window)
+    noisy = w.copy()
+    noisy[:, :, 1] += 4.0 * np.random.default_rng(1).normal(size=noisy.shape[:2])  # pressure
+    parts = loaded.detector.parts(noisy)
+    added = n.noise.contribution(parts, np.zeros((len(w), len(CHANNELS))))
+    assert (added[:, 1] > 0).all() and (added[:, [0, 2]] == 0).all()
+    without = dataclasses.replace(n, noise=None).score(parts).scores
+    batch = loaded.detector.score(noisy)
+    np.testing.assert_allclose(batch.scores, without + added.sum(axis=1), rtol=0, atol=1e-4)
+    assert (batch.contributions.argmax(axis=1) == 1).all()
+    normal = loaded.detector.parts(w)
+    np.testing.assert_array_equal(n.noise.contribution(normal, np.zeros((len(w), 3))), 0.0)
+    legacy = {k: v for k, v in n.to_dict().items() if not k.startswith("noise_")}
+    assert WindowScore.from_dict(legacy).noise is None
+    assert WindowScore.from_dict(json.loads(json.dumps(n.to_dict()))) == n
+    with pytest.raises(ValueError, match="positive"):
+        WindowScore.from_dict({**n.to_dict(), "noise_scale": [0.0] * len(CHANNELS)})
+    with pytest.raises(ValueError, match="one finite value per channel"):
+        WindowScore.from_dict({**n.to_dict(), "noise_ceiling": [0.0]})
+
+
+def test_noise_term_counts_only_variation_over_its_margin():
+    term = NoiseTerm(ceiling=(0.0, 1.0), scale=(0.5, 0.25), weight=2.0, margin=float(np.log(1.5)))
+    variation = np.array([[0.0, 1.0], [np.log(1.5), 1.0 + np.log(1.5)],
+                          [np.log(1.5) + 1.0, 1.0 + np.log(1.5) + 0.5]])
+    parts = Parts(4, *(np.zeros((3, 2)),) * 3, variation, None)
+    np.testing.assert_allclose(term.contribution(parts, np.zeros((3, 2))),
+                               [[0, 0], [0, 0], [2 * 1.0 / 0.5, 2 * 0.5 / 0.25]])
+
+
+def test_noise_weight_zero_leaves_the_noise_term_out():
+    ts, values = normal_data(200)
+    config = TrainConfig(window=8, epochs=1, hidden=8, latent=4, noise_weight=0.0)
+    score = train(ts, values, CHANNELS, config).spec.score
+    assert score.noise is None and not any(k.startswith("noise_") for k in score.to_dict())

@@ -73,6 +73,8 @@ TRAINING_DEFAULTS = [
     (r"`critic_weight` ([\d.]+)", "critic_weight", None),
     (r"\(`flat_weight` ([\d.]+)\)", "flat_weight", None),
     (r"\(`peak_weight` ([\d.]+)\)", "peak_weight", None),
+    (r"\(`noise_weight` ([\d.]+)\)", "noise_weight", None),
+    (r"\(`noise_margin` = ln ([\d.]+)\)", "noise_margin", math.exp),
     (r"\(`peak_margin` = ln (\d+)\)", "peak_margin", math.exp),
     (r"plus ([\d.]+) × the\s+robust spread", "threshold_margin", None),
     (r"`--threshold-margin`, default ([\d.]+)", "threshold_margin", None),
