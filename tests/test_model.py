@@ -258,16 +258,23 @@ def test_slow_channels_are_the_smooth_drifting_ones():
     np.testing.assert_array_equal(slow_channels(values, 0.7), [False, False, True])
 
 
+def per_channel_term(trained, name: str, seed: int):
+    """The trained score with its ``name`` term checked (one ceiling and positive scale per
+    channel, loaded back unchanged), the loaded artifact, fresh normal rows and their windows."""
+    out, result, config = trained
+    n = result.spec.score
+    term = getattr(n, name)
+    assert len(term.ceiling) == len(term.scale) == len(CHANNELS) and min(term.scale) > 0
+    loaded = load_artifact(out, device="cpu")
+    assert loaded.detector.spec.score == n
+    _, values = normal_data(200, seed=seed)
+    return n, loaded, values, windows_of(values, config.window)
+
+
 def test_a_short_spike_scores_high_and_is_named(trained):
     """A few rows far off on one channel: the window's mean error dilutes them, the peak term
     (largest squared row residual against the held-back ceiling) does not."""
-    out, result, config = trained
-    n = result.spec.score
-    assert len(n.peak.ceiling) == len(n.peak.scale) == len(CHANNELS) and min(n.peak.scale) > 0
-    loaded = load_artifact(out, device="cpu")
-    assert loaded.detector.spec.score == n
-    _, values = normal_data(200, seed=7)
-    w = windows_of(values, config.window)
+    n, loaded, values, w = per_channel_term(trained, "peak", seed=7)
     spiked = w.copy()
     spiked[:, -3:-1, 0] += 6 * values[:, 0].std()  # two rows, +6 sd on flow
     batch = loaded.detector.score(spiked)
@@ -294,13 +301,7 @@ def test_peak_weight_zero_leaves_the_peak_term_out():
 def test_a_channel_that_turns_noisy_adds_its_noise_term_and_is_named(trained):
     """Noise on one channel: the noise term (variation over 1.5 x the roughest training window)
     adds to that channel only, zero on normal windows; the score is the other terms plus it."""
-    out, result, config = trained
-    n = result.spec.score
-    assert len(n.noise.ceiling) == len(n.noise.scale) == len(CHANNELS) and min(n.noise.scale) > 0
-    loaded = load_artifact(out, device="cpu")
-    assert loaded.detector.spec.score == n
-    _, values = normal_data(200, seed=8)
-    w = windows_of(values, config.window)
+    n, loaded, _, w = per_channel_term(trained, "noise", seed=8)
     noisy = w.copy()
     noisy[:, :, 1] += 4.0 * np.random.default_rng(1).normal(size=noisy.shape[:2])  # pressure
     parts = loaded.detector.parts(noisy)
