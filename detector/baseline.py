@@ -21,7 +21,7 @@ A model trained without an entity column has no baselines: windows reach it unch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -58,14 +58,6 @@ class EntityBaselines:
         if len(set(self.names)) != len(self.names):
             raise ValueError("an entity has two baselines")
         object.__setattr__(self, "_index", {n: i for i, n in enumerate(self.names)})
-
-    @classmethod
-    def fit(cls, rows: Mapping[str, np.ndarray]) -> "EntityBaselines":
-        """The median of each entity's rows (its fitting rows: the held-back ones judge it)."""
-        names = list(rows)
-        if not names:
-            raise ValueError("no entity to fit a baseline on")
-        return cls(tuple(names), np.stack([np.median(rows[n], axis=0) for n in names]))
 
     def __len__(self) -> int:
         return len(self.names)

@@ -43,9 +43,7 @@ def score_entities(
         part = score_series(detector, threshold, ts_ms[rows], values[rows], stream, entity)
         out.scores[rows], out.flags[rows] = part.scores, part.flags
         out.contributions[rows], out.starts_ms[rows] = part.contributions, part.starts_ms
-        out.stats.accepted += part.stats.accepted
-        out.stats.duplicates += part.stats.duplicates
-        out.stats.gaps += part.stats.gaps
+        out.stats.add(part.stats)
     return out, groups
 
 

@@ -37,9 +37,7 @@ def iter_windows(ts_ms: np.ndarray, values: np.ndarray, stream: StreamConfig):
         windows, chunk_stats = advance(
             state, ts_ms[start : start + CHUNK_ROWS], values[start : start + CHUNK_ROWS], stream
         )
-        stats.accepted += chunk_stats.accepted
-        stats.duplicates += chunk_stats.duplicates
-        stats.gaps += chunk_stats.gaps
+        stats.add(chunk_stats)
         yield start, windows, stats
 
 

@@ -102,6 +102,12 @@ class AdvanceStats:
     duplicates: int = 0
     gaps: int = 0
 
+    def add(self, other: "AdvanceStats") -> None:
+        """Count ``other``'s readings in these (another chunk or another entity)."""
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.gaps += other.gaps
+
 
 def advance(
     state: EntityState, ts_ms: np.ndarray, values: np.ndarray, config: StreamConfig

@@ -53,7 +53,7 @@ def fleet_windows(ts_ms: np.ndarray, values: np.ndarray, entities: np.ndarray,
             raise ValueError(f"rows have {problem}")
     max_gap_ms = fleet_max_gap_ms([ts_ms[rows] for rows in groups.values()], config.max_gap_ms)
     stats = AdvanceStats()
-    fit_rows, fit, calib, skipped = {}, [], [], []
+    fit_rows, bases, fit, calib, skipped = {}, {}, [], [], []
     for name, rows in groups.items():
         ts, raw = ts_ms[rows], values[rows]
         n_fit = int(round(len(rows) * (1 - config.calib_fraction)))
@@ -62,14 +62,12 @@ def fleet_windows(ts_ms: np.ndarray, values: np.ndarray, entities: np.ndarray,
             continue
         base = np.median(raw[:n_fit], axis=0)
         windows, ends, part = make_windows(ts, raw - base, config.window, max_gap_ms)
-        stats.accepted += part.accepted
-        stats.duplicates += part.duplicates
-        stats.gaps += part.gaps
+        stats.add(part)
         held = ends >= n_fit
         if held.all() or not held.any():
             skipped.append(name)
             continue
-        fit_rows[name] = raw[:n_fit]
+        fit_rows[name], bases[name] = raw[:n_fit], base
         fit.append((windows[~held], ts[ends[~held]]))
         calib.append((windows[held], ts[ends[held]]))
     warn_skipped(stats, len(ts_ms))
@@ -82,8 +80,8 @@ def fleet_windows(ts_ms: np.ndarray, values: np.ndarray, entities: np.ndarray,
     if len(fit_windows) < 2 or len(calib_windows) < 1:
         raise ValueError(too_few_windows(len(fit_windows), len(calib_windows), stats, max_gap_ms,
                                          config.window))
-    baselines = EntityBaselines.fit(fit_rows)
-    centred = [rows - baselines.of(name) for name, rows in fit_rows.items()]
+    baselines = EntityBaselines(tuple(bases), np.stack(list(bases.values())))
+    centred = [rows - bases[name] for name, rows in fit_rows.items()]
     pooled = np.concatenate(centred)
     breaks = np.cumsum([len(c) for c in centred])[:-1]
     return TrainingWindows(
