@@ -32,7 +32,13 @@ def parse_overrides(items: list[str]) -> dict:
 
     from training.trainer import TrainConfig
 
-    types = {f.name: type(getattr(TrainConfig(), f.name)) for f in fields(TrainConfig)}
+    def kind_of(field) -> type:  # a field whose default is None takes its annotation's number
+        default = getattr(TrainConfig(), field.name)
+        if default is not None:
+            return type(default)
+        return int if str(field.type).startswith("int") else float
+
+    types = {f.name: kind_of(f) for f in fields(TrainConfig)}
     out: dict = {}
     for item in items:
         key, sep, text = item.partition("=")

@@ -42,7 +42,8 @@ def variants(result: TrainResult, config: TrainConfig, ts_ms: np.ndarray, values
     for name in names:
         changed = replace(config, **VARIANTS[name])
         score = fit_score(held, seen, changed)
-        threshold = fit_threshold(score.score(held).scores, changed.threshold_margin)
+        threshold = fit_threshold(score.score(held).scores, changed.window,
+                                  changed.false_alarm_target, changed.threshold_margin)
         out[name] = (LstmGanDetector(result.networks, result.spec.calibrated(score), name, "cpu"),
                      threshold)
     return out

@@ -24,7 +24,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.quality import ABLATED, DATASETS, MODELS, ablation_flags, config_for, fit, model_flags
+from bench.quality import (
+    ABLATED, DATASETS, MODELS, ablation_flags, config_for, fit, model_scored, target_check,
+)
 from bench.reference import rolling_z_flags
 from connectors.file import read_table
 
@@ -75,9 +77,10 @@ def _timestamps(path: Path) -> np.ndarray:
 
 
 def _ganwatch_signal(path: Path, config, max_rows: int | None, ablate: bool = False
-                     ) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+                     ) -> tuple[np.ndarray, float, dict[str, np.ndarray], dict]:
     """Train on the signal (its first ``max_rows`` rows if given), score all of it; with
-    ``ablate``, also the flags of every score variant."""
+    ``ablate``, also the flags of every score variant. The last item is the threshold's
+    false-alarm target and whether each window scored over it (``bench.quality.target_check``)."""
     table = read_table(path, timestamp_column="timestamp")
     ts, values = table.row_ts_ms(), table.values
     rows = len(values) if max_rows is None else min(max_rows, len(values))
@@ -86,7 +89,9 @@ def _ganwatch_signal(path: Path, config, max_rows: int | None, ablate: bool = Fa
     if ablate:
         variants = {name: f[0] for name, f in ablation_flags(
             result, config, ts[:rows], values[:rows], [(ts, values)]).items()}
-    return model_flags(result, config, ts, values), train_s, variants
+    flags, over = model_scored(result, config, ts, values)
+    target = {"target": result.threshold.false_alarm_target, "over": over}
+    return flags, train_s, variants, target
 
 
 def _score(truth, t_s, flags) -> dict:
@@ -99,12 +104,17 @@ def _failed(truth, exc: Exception) -> dict:
     return {"raw": miss, "widened": dict(miss), "error": f"{type(exc).__name__}: {exc}"}
 
 
-def aggregate(records: dict[str, dict]) -> dict:
-    """Per-dataset figures of one detector from its per-signal records."""
+def aggregate(records: dict[str, dict], normal: bool = False) -> dict:
+    """Per-dataset figures of one detector from its per-signal records; on a ``normal`` dataset
+    (no incidents) also its threshold's false-alarm target beside the achieved window rate."""
     raw = dataset_total(r["raw"] for r in records.values())
+    target = {}
+    if normal and any("target" in r for r in records.values()):
+        with_target = [r["target"] for r in records.values() if "target" in r]
+        target = target_check([t["target"] for t in with_target], [t["over"] for t in with_target])
     widened = dataset_total(r["widened"] for r in records.values())
     seconds = [r["train_seconds"] for r in records.values() if r.get("train_seconds") is not None]
-    return {**raw, f"widened_{WIDEN_ROWS}": widened,
+    return {**raw, **target, f"widened_{WIDEN_ROWS}": widened,
             "train_seconds": round(float(np.sum(seconds)), 2) if seconds else None,
             "errors": [f"{name}: {r['error']}" for name, r in records.items() if "error" in r],
             "signals": {name: {"tp": r["raw"]["tp"], "fp": r["raw"]["fp"], "fn": r["raw"]["fn"],
@@ -142,15 +152,17 @@ def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
                 if epochs is not None:
                     config = replace(config, epochs=epochs)
                 try:
-                    flags, train_s, variants = _ganwatch_signal(path, config, max_rows,
-                                                                ablate=kind == ABLATED)
-                    per[kind][name] = {**_score(truth, t_s, flags), "train_seconds": round(train_s, 2)}
+                    flags, train_s, variants, target = _ganwatch_signal(
+                        path, config, max_rows, ablate=kind == ABLATED)
+                    per[kind][name] = {**_score(truth, t_s, flags), "target": target,
+                                       "train_seconds": round(train_s, 2)}
                     for variant, f in variants.items():
                         ablated.setdefault(variant, {})[name] = _score(truth, t_s, f)
                 except Exception as exc:  # a failed run is counted, as Orion counts it
                     log.warning("nab %s %s/%s failed: %s", kind, dataset, name, exc)
                     per[kind][name] = _failed(truth, exc)
-        out[dataset] = {kind: aggregate(records) for kind, records in per.items()}
+        normal = not any(truth_all[name] for name in names)
+        out[dataset] = {kind: aggregate(records, normal) for kind, records in per.items()}
         if ablated:
             out[dataset]["ablation"] = {v: aggregate(r) for v, r in ablated.items()}
     return out

@@ -19,8 +19,8 @@ import numpy as np
 
 from connectors.file import read_table
 from bench.quality import (
-    ABLATED, DATASETS, MODELS, REFERENCES, ablation_flags, config_for, fit, flags_of, model_flags,
-    stream_for,
+    ABLATED, DATASETS, MODELS, REFERENCES, ablation_flags, config_for, fit, flags_of, model_scored,
+    stream_for, target_check,
 )
 from bench.reference import PcaReference
 from detector.offline import score_series
@@ -117,18 +117,22 @@ def run_free(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
     ablated: dict[str, list[np.ndarray]] = {}
     for kind in models:
         config = config_for(kind, overrides)
-        flags, seconds = [], []
+        flags, seconds, targets, over = [], [], [], []
         for a, b in bounds:
             result, train_s = fit(ts[a:a + TRAIN_ROWS], values[a:a + TRAIN_ROWS], table.channels,
                                   config)
-            flags.append(model_flags(result, config, ts[a:b], values[a:b]))
+            segment_flags, segment_over = model_scored(result, config, ts[a:b], values[a:b])
+            flags.append(segment_flags)
+            over.append(segment_over[TRAIN_ROWS:])
+            targets.append(result.threshold.false_alarm_target)
             seconds.append(train_s)
             if kind == ABLATED:
                 for name, f in ablation_flags(result, config, ts[a:a + TRAIN_ROWS],
                                               values[a:a + TRAIN_ROWS],
                                               [(ts[a:b], values[a:b])]).items():
                     ablated.setdefault(name, []).append(f[0])
-        out[kind] = {**free_far(flags), "train_seconds": round(float(np.mean(seconds)), 2)}
+        out[kind] = {**free_far(flags), **target_check(targets, over),
+                     "train_seconds": round(float(np.mean(seconds)), 2)}
     if ablated:
         out["ablation"] = {name: free_far(f) for name, f in ablated.items()}
     return {"segments": len(bounds), "segment_rows": SEGMENT_ROWS, "train_rows": TRAIN_ROWS, **out}

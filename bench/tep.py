@@ -16,7 +16,9 @@ from typing import Mapping
 
 import numpy as np
 
-from bench.quality import ABLATED, DATASETS, MODELS, ablation_flags, config_for, fit, model_flags
+from bench.quality import (
+    ABLATED, DATASETS, MODELS, ablation_flags, config_for, fit, model_scored, target_check,
+)
 from bench.reference import PcaReference
 from connectors.file import Table, read_table
 
@@ -83,9 +85,12 @@ def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
         result, train_s = fit(train_table.row_ts_ms(), train_table.values, train_table.channels,
                               config)
         started = time.perf_counter()
-        flags = {key: model_flags(result, config, t.row_ts_ms(), t.values)
-                 for key, t in tests.items()}
+        scored = {key: model_scored(result, config, t.row_ts_ms(), t.values)
+                  for key, t in tests.items()}
+        flags = {key: f for key, (f, _) in scored.items()}
+        normal_over = [scored["normal"][1][SKIP:]] + [scored[n][1][SKIP:ONSET] for n in files]
         out[kind] = {**tep_rates(flags["normal"], {n: flags[n] for n in files}),
+                     **target_check([result.threshold.false_alarm_target], normal_over),
                      "train_seconds": round(train_s, 2),
                      "score_seconds": round(time.perf_counter() - started, 2)}
         if kind == ABLATED:

@@ -48,6 +48,22 @@ class Artifact:
         return self.meta.get("max_gap_ms", DEFAULT_MAX_GAP_S * 1000)
 
 
+def threshold_meta(threshold: Threshold) -> dict[str, Any]:
+    """The ``threshold`` object of ``model.json`` (``false_alarm_target`` only when stated)."""
+    out: dict[str, Any] = {"value": threshold.value, "rule": threshold.rule}
+    if threshold.false_alarm_target is not None:
+        out["false_alarm_target"] = threshold.false_alarm_target
+    return out
+
+
+def threshold_of(meta: dict[str, Any]) -> Threshold:
+    target = meta.get("false_alarm_target")
+    if target is not None and not 0 <= float(target) <= 1:
+        raise ValueError(f"threshold.false_alarm_target must lie in [0, 1], got {target}")
+    return Threshold(float(meta["value"]), str(meta.get("rule", "")),
+                     None if target is None else float(target))
+
+
 def save_artifact(
     directory: str | Path, networks: Networks, spec: ModelSpec, threshold: Threshold,
     extra: dict[str, Any],
@@ -61,7 +77,7 @@ def save_artifact(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **spec.meta(),
-        "threshold": {"value": threshold.value, "rule": threshold.rule},
+        "threshold": threshold_meta(threshold),
         "package_version": __version__,
         **extra,
     }
@@ -119,7 +135,7 @@ def load_artifact(directory: str | Path, device: str = "auto") -> Artifact:
     try:
         spec = ModelSpec.from_meta(meta)
         networks = Networks(spec.shape)
-        threshold = Threshold(float(meta["threshold"]["value"]), str(meta["threshold"].get("rule", "")))
+        threshold = threshold_of(meta["threshold"])
     except (TypeError, KeyError, ValueError) as exc:
         raise ArtifactError(f"{directory / META} is inconsistent: {exc}") from None
     shape = spec.shape

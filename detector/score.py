@@ -33,10 +33,14 @@ class Detector(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """A score at or above ``value`` is anomalous. Fitted once, at training time."""
+    """A score at or above ``value`` is anomalous. Fitted once, at training time.
+
+    ``false_alarm_target``: the share of normal windows the rule allows above ``value`` (``None``
+    for thresholds set by hand and artifacts written before it was stated)."""
 
     value: float
     rule: str = ""
+    false_alarm_target: float | None = None
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) >= self.value

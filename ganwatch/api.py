@@ -139,6 +139,12 @@ class Model:
         return float(self.artifact.threshold.value)
 
     @property
+    def false_alarm_target(self) -> float | None:
+        """The share of normal windows its threshold rule allows above the threshold (``None``
+        for artifacts written before the rule stated it)."""
+        return self.artifact.threshold.false_alarm_target
+
+    @property
     def model_version(self) -> str:
         return str(self.artifact.meta["model_version"])
 
@@ -266,8 +272,8 @@ def load(directory: str | os.PathLike[str], device: str = "auto") -> Model:
 
 def train_config(*, window: int, epochs: int, model: str, device: str, seed: int, batch_size: int,
                  hidden: int, latent: int, lr: float, max_gap_s: float | None, torch_threads: int,
-                 sample_budget: int, threshold_margin: float, train_rows: int | None
-                 ) -> TrainConfig:
+                 sample_budget: int, threshold_margin: float | None, false_alarm_target: float,
+                 train_rows: int | None) -> TrainConfig:
     """The options' rules (the CLI's messages), then the ``TrainConfig`` they make."""
     for name, value in (("--window", window), ("--epochs", epochs), ("--batch-size", batch_size),
                         ("--hidden", hidden), ("--latent", latent), ("--lr", lr)):
@@ -277,13 +283,17 @@ def train_config(*, window: int, epochs: int, model: str, device: str, seed: int
     check_max_gap(max_gap_s)
     if torch_threads < 0:
         raise DataError(f"--torch-threads must be 0 (torch's default) or more, got {torch_threads}")
-    if not threshold_margin >= 0:
+    if threshold_margin is not None and not threshold_margin >= 0:
         raise DataError(f"--threshold-margin must be 0 or more, got {threshold_margin}")
+    if not 0 < false_alarm_target < 1:
+        raise DataError(f"--false-alarm-target must lie between 0 and 1 (a share of normal "
+                        f"windows, e.g. 0.001), got {false_alarm_target}")
     return TrainConfig(
         model=model, window=window, epochs=epochs, device=device, seed=seed,
         batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
         max_gap_ms=None if max_gap_s is None else int(max_gap_s * 1000),
-        threshold_margin=threshold_margin, torch_threads=torch_threads,
+        threshold_margin=threshold_margin, false_alarm_target=false_alarm_target,
+        torch_threads=torch_threads,
         sample_budget=sample_budget,
     )
 
@@ -296,7 +306,8 @@ def fit(
     batch_size: int = DEFAULTS.batch_size, hidden: int = DEFAULTS.hidden,
     latent: int = DEFAULTS.latent, lr: float = DEFAULTS.lr, max_gap_s: float | None = None,
     torch_threads: int = DEFAULTS.torch_threads, sample_budget: int = DEFAULTS.sample_budget,
-    threshold_margin: float = DEFAULTS.threshold_margin, no_progress: bool = False,
+    false_alarm_target: float = DEFAULTS.false_alarm_target,
+    threshold_margin: float | None = DEFAULTS.threshold_margin, no_progress: bool = False,
     entity: str | None = None, progress: Progress | None = None,
 ) -> Model:
     """Train on normal rows of ``data`` (a DataFrame, or a CSV/Parquet path) exactly as
@@ -312,7 +323,7 @@ def fit(
                           batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
                           max_gap_s=max_gap_s, torch_threads=torch_threads,
                           sample_budget=sample_budget, threshold_margin=threshold_margin,
-                          train_rows=train_rows)
+                          false_alarm_target=false_alarm_target, train_rows=train_rows)
     if entity is not None and not str(entity).strip():
         raise DataError("--entity-column must name a column, got an empty name")
     table, ts_column = read_data(data, sep=sep, timestamp=timestamp,

@@ -94,10 +94,13 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-budget", type=int, default=DEFAULTS.sample_budget,
                    help=f"windows visited over all epochs (default {DEFAULTS.sample_budget}); a "
                         f"long history gets fewer epochs, so training time follows this budget")
+    p.add_argument("--false-alarm-target", type=float, default=DEFAULTS.false_alarm_target,
+                   help=f"share of normal windows allowed at or above the threshold (default "
+                        f"{DEFAULTS.false_alarm_target:g}); higher flags weaker faults and raises "
+                        f"false alarms")
     p.add_argument("--threshold-margin", type=float, default=DEFAULTS.threshold_margin,
-                   help=f"threshold = highest held-back score + this many robust spreads of "
-                        f"them (default {DEFAULTS.threshold_margin:g}); lower flags weaker faults "
-                        f"and raises false alarms")
+                   help="instead of --false-alarm-target: threshold = highest held-back score + "
+                        "this many robust spreads of them (default: unset, the target rules)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: a bar on a terminal, log lines otherwise)")
     p.set_defaults(func=cmd_train)
@@ -153,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "max_gap_s": None if result.max_gap_ms is None else result.max_gap_ms / 1000,
         "skipped_rows": result.metrics["skipped_rows"],
         "calibration_false_alarm_rate": round(result.metrics["calibration_false_alarm_rate"], 4),
+        "false_alarm_target": float(f"{result.threshold.false_alarm_target:.3g}"),
         "report": str(report) if report else None,
     }
     if model.entity_column:
@@ -165,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # the train flags that are `ganwatch.fit` keywords of the same name (the data flags are renamed)
 TRAIN_OPTIONS = ("train_rows", "window", "epochs", "model", "device", "seed", "batch_size",
                  "hidden", "latent", "lr", "max_gap_s", "torch_threads", "sample_budget",
-                 "threshold_margin", "no_progress")
+                 "threshold_margin", "false_alarm_target", "no_progress")
 
 
 def load_scored(args: argparse.Namespace, label_column: str | None = None):

@@ -233,6 +233,9 @@ def test_online_bad_readings_are_data_errors(trained, ts, values, message):
     (lambda f, m: ganwatch.fit(f, window=0), ["--window", "0"], "--window must be positive, got 0"),
     (lambda f, m: ganwatch.fit(f, threshold_margin=-1.0), ["--threshold-margin", "-1"],
      "--threshold-margin must be 0 or more, got -1.0"),
+    (lambda f, m: ganwatch.fit(f, false_alarm_target=1.0), ["--false-alarm-target", "1"],
+     "--false-alarm-target must lie between 0 and 1 (a share of normal windows, e.g. 0.001), "
+     "got 1.0"),
     (lambda f, m: ganwatch.fit(f.iloc[:20], timestamp="time", window=16), None,
      "frame: 20 training rows, need at least 40 for a window of 16 (fitting plus held-back "
      "calibration windows)"),

@@ -53,16 +53,33 @@ def test_train_writes_artifact_and_report(model_dir):
     assert (model_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_threshold_margin_sets_the_calibrated_threshold(model_dir, tmp_path):
-    """A lower margin gives a lower threshold on the same data and seed; the rule says which."""
-    out = tmp_path / "low"
+def retrained(model_dir, out, *flags) -> tuple[dict, dict]:
+    """``model.json`` of a model trained as ``model_dir``'s with ``flags`` added, and the default's."""
     assert main(["train", "--data", str(model_dir.parent / "normal.csv"), "--out", str(out),
                  "--timestamp-column", "time", "--exclude-columns", "label", "--window", "8",
-                 "--epochs", "3", "--no-progress", "--threshold-margin", "1"]) == 0
-    low, default = (json.loads((d / "model.json").read_text()) for d in (out, model_dir))
+                 "--epochs", "3", "--no-progress", *flags]) == 0
+    return tuple(json.loads((d / "model.json").read_text()) for d in (out, model_dir))
+
+
+def test_threshold_margin_sets_the_calibrated_threshold(model_dir, tmp_path):
+    """A lower margin gives a lower threshold on the same data and seed; the rule says which."""
+    low, default = retrained(model_dir, tmp_path / "low", "--threshold-margin", "1")
     assert low["threshold"]["value"] < default["threshold"]["value"]
-    assert "+ 1.0 x" in low["threshold"]["rule"] and "+ 4.5 x" in default["threshold"]["rule"]
+    assert "+ 1.0 x" in low["threshold"]["rule"]
+    assert "ln(1 / (0.001 x" in default["threshold"]["rule"]
     assert low["hyperparameters"]["threshold_margin"] == 1.0
+    # the default rule keeps the default target; the margin states the target it implies
+    assert default["threshold"]["false_alarm_target"] == pytest.approx(0.001)
+    assert default["hyperparameters"]["false_alarm_target"] == 0.001
+    assert 0.001 < low["threshold"]["false_alarm_target"] < 1
+    assert "false-alarm target" in low["threshold"]["rule"]
+
+
+def test_false_alarm_target_sets_the_threshold(model_dir, tmp_path):
+    """A higher target gives a lower threshold on the same data and seed, and is kept."""
+    loose, default = retrained(model_dir, tmp_path / "loose", "--false-alarm-target", "0.02")
+    assert loose["threshold"]["value"] < default["threshold"]["value"]
+    assert loose["threshold"]["false_alarm_target"] == pytest.approx(0.02)
 
 
 def test_score_gives_one_row_per_input_row(model_dir, tmp_path):

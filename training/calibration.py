@@ -1,13 +1,20 @@
 """Calibration fitted once at training time and stored with the model.
 
 Each term of the score (``detector.term``) fits its own statistics on the held-back normal windows
-(the stuck-sensor and noise terms on every training window): ``WindowScore`` adds them. The threshold is the
-highest held-back score plus ``threshold_margin`` times the held-back scores' robust spread
-(IQR / 1.349): normal data the model never saw stays below it, with a margin for the slow drift
-that real plants show.
+(the stuck-sensor and noise terms on every training window): ``WindowScore`` adds them.
+
+The threshold is set by a false-alarm target: the share ``a`` of normal windows, like the held-back
+ones, that may score at or above it. A new window beats the highest of ``k`` independent stretches
+of held-back windows with probability ``1 / (k + 1)`` (the windows overlap, so ``k`` counts
+stretches of one window length). Past that highest score the tail is taken as exponential, with
+the scale of the held-back scores' upper half, so the threshold lies
+``tail_scale x ln(1 / (a (k + 1)))`` above it. ``threshold_margin``, when set, replaces the target:
+the highest held-back score plus that many robust spreads, with the target it implies stored.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -36,11 +43,44 @@ def fit_score(held: Parts, seen: Parts, config: TrainConfig) -> WindowScore:
     return WindowScore(error, critic, flat, peak, noise)
 
 
-def fit_threshold(calib_scores: np.ndarray, margin: float) -> Threshold:
-    value = float(calib_scores.max() + margin * robust_spread(calib_scores))
-    rule = (f"max of {len(calib_scores)} held-back normal window scores + {margin} x their "
-            f"robust spread (IQR/1.349)")
-    return Threshold(value, rule)
+def tail_scale(scores: np.ndarray) -> float:
+    """Scale of an exponential tail fitted to the upper half of ``scores``: the median excess
+    over their median, divided by ln 2 (the median of an exponential); never below a tiny value."""
+    scores = np.asarray(scores, dtype=np.float64)
+    excess = scores[scores > np.median(scores)] - np.median(scores)
+    scale = float(np.median(excess)) / math.log(2) if len(excess) else 0.0
+    return max(scale, 1e-9)
+
+
+def stretches(n_windows: int, window: int) -> int:
+    """How many independent stretches ``n_windows`` overlapping windows of ``window`` rows are."""
+    return max(1, -(-n_windows // max(window, 1)))
+
+
+def false_alarm_target(calib_scores: np.ndarray, value: float, window: int) -> float:
+    """The share of normal windows like the held-back ones that may score ``value`` or more."""
+    calib_scores = np.asarray(calib_scores, dtype=np.float64)
+    beyond = max(float(value - calib_scores.max()), 0.0)
+    return math.exp(-beyond / tail_scale(calib_scores)) / (stretches(len(calib_scores), window) + 1)
+
+
+def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
+                  margin: float | None = None) -> Threshold:
+    """The threshold for false-alarm target ``target`` (or, with ``margin``, the highest held-back
+    score plus ``margin`` robust spreads), with the target it keeps and its rule in words."""
+    calib_scores = np.asarray(calib_scores, dtype=np.float64)
+    n, top = len(calib_scores), float(calib_scores.max())
+    k = stretches(n, window)
+    if margin is None:
+        value = top + tail_scale(calib_scores) * max(math.log(1.0 / (target * (k + 1))), 0.0)
+        how = f"+ tail scale x ln(1 / ({target:g} x {k + 1}))"
+    else:
+        value = top + margin * robust_spread(calib_scores)
+        how = f"+ {margin} x their robust spread (IQR/1.349)"
+    kept = false_alarm_target(calib_scores, value, window)
+    rule = (f"max of {n} held-back normal window scores ({k} stretches of {window}) {how}; "
+            f"false-alarm target {kept:.2g} of normal windows")
+    return Threshold(value, rule, kept)
 
 
 def calibrate(
@@ -54,4 +94,6 @@ def calibrate(
     score = fit_score(held, seen, config)
     calib_scores = score.score(held).scores
     train_scores = score.score(fit_parts).scores
-    return score, fit_threshold(calib_scores, config.threshold_margin), train_scores, calib_scores
+    threshold = fit_threshold(calib_scores, config.window, config.false_alarm_target,
+                              config.threshold_margin)
+    return score, threshold, train_scores, calib_scores

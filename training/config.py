@@ -27,13 +27,16 @@ class TrainConfig:
     critic_weight: float = 0.25  # weight of the critic term in the score, after normalisation
     channel_norm: bool = True  # each channel's error relative to its median held-back error
     flat_weight: float = 1.0  # weight of the stuck-sensor term (0 turns it off)
-    noise_weight: float = 1.0  # weight of the noise term (0 turns it off)
+    noise_weight: float = 2.0  # weight of the noise term (0 turns it off)
     noise_margin: float = math.log(1.5)  # only variation over 1.5 x the roughest training window
-    peak_weight: float = 1.0  # weight of the spike term (0 turns it off)
+    peak_weight: float = 2.0  # weight of the spike term (0 turns it off)
     peak_margin: float = math.log(10.0)  # only row peaks over 10 x the held-back highest count
     bias_weight: float = 0.5  # weight of sustained offsets in the error (detector.term.ErrorTerm)
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
-    threshold_margin: float = 4.5  # threshold = max held-back score + margin * their spread
+    # the share of normal windows allowed above the threshold (training.calibration)
+    false_alarm_target: float = 1e-3
+    # instead of the target: threshold = max held-back score + margin * their robust spread
+    threshold_margin: float | None = None
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
     level_r2: float = 0.9  # slow channels the others predict this well keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)

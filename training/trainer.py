@@ -215,6 +215,7 @@ def train(
         "calibration_windows": int(len(calib_windows)),
         "final_losses": {k: v[-1] for k, v in history.items() if v},
         "calibration_false_alarm_rate": float(np.mean(calib_scores >= threshold.value)),
+        "false_alarm_target": threshold.false_alarm_target,
         **data.metrics,
     }
     return TrainResult(nets.cpu(), spec.calibrated(score), threshold, history, train_scores,
