@@ -22,6 +22,16 @@ class UsageError(ValueError):
     """Bad command-line input: reported as one line, exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a missing flag, a value of the wrong type) as one line, exit
+    status 2, like every other input error: the usage block is what ``--help`` is for.
+    Subcommands use the same class (``add_subparsers`` takes the parent's)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def deferred(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     """A command function imported from ``module`` only when the command runs."""
 
@@ -46,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ganwatch.replay import add_replay_parser
     from ganwatch.schema import add_schema_parser
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ganwatch", description="Streaming time-series anomaly detection (LSTM GAN)."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",

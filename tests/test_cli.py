@@ -160,6 +160,14 @@ def run_cli(*args):
           "--max-gap-s", "-5"], "--max-gap-s"),
         (["evaluate", "--model", "{model}", "--data", "{normal}", "--label-column", "nope"],
          "nope"),
+        (["train", "--data", "{normal}", "--out", "{tmp}/m", "--false-alarm-target", "0"],
+         "--false-alarm-target"),
+        # argparse's own errors: a value of the wrong type, a missing flag, an unknown command
+        (["train", "--data", "{normal}", "--out", "{tmp}/m", "--false-alarm-target", "abc"],
+         "--false-alarm-target: invalid float value: 'abc'"),
+        (["train", "--data", "{normal}"], "--out"),
+        (["score", "--model", "{model}", "--data", "{normal}", "--stride", "x"], "--stride"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(args, needle, tmp_path, model_dir):
