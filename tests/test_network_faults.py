@@ -31,7 +31,7 @@ from tests.fleet_support import (
 )
 from tests.proxy import TcpProxy
 from tests.test_serve_e2e import (  # noqa: F401  (module fixtures, used by name)
-    END_WINDOWS, Rig, data_csv, model_dir, rows, serve_env, table, wait_until,
+    END_WINDOWS, Rig, data_csv, model_dir, rows, serve_env, table, tracebacks, wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -178,7 +178,7 @@ def run_through_a_fault(rig: Rig, model_dir: Path, table, fault, proxy: TcpProxy
         client.close()
     for entity in ENTITIES:
         assert_window_is_the_last_readings(states[entity], table, window)
-    assert serve.running and "Traceback" not in serve.tail()
+    assert serve.running and not tracebacks(serve.tail())
 
 
 def test_broker_unreachable_for_10s_mid_backlog(proxied, model_dir, table):
