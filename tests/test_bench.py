@@ -145,6 +145,12 @@ def test_quick_tep_run_prints_a_quality_row_per_detector(capsys):
     assert sorted(r["detector"] for r in rows) == ["lstm-ae", "lstm-gan", "pca-q", "pca-t2"]
     assert all(r["far_pct"] is not None and r["train_seconds"] is not None for r in rows)
     assert out["tep"]["overrides"] == {"epochs": 1}
+    # the threshold's false-alarm target beside the achieved share of normal windows
+    for r in rows:
+        if r["detector"].startswith("lstm"):
+            assert r["false_alarm_target_pct"] == 0.1 and 0 <= r["window_far_pct"] <= 100
+        else:
+            assert "false_alarm_target_pct" not in r
 
 
 def test_unknown_benchmark_is_refused():
