@@ -141,7 +141,7 @@ def simulate(
 
     ts = start_ts_ms + step_ms * np.arange(rows, dtype=np.int64)
     stamps = np.datetime_as_string(ts.astype("datetime64[ms]"), unit="ms")
-    frames, loads = {}, {}
+    frames, speeds = {}, {}  # per entity: its table and its hidden load series
     for entity in entities:
         rng = np.random.default_rng([seed, zlib.crc32(entity.encode())])
         n = _load(rng, rows, period, loads.get(entity, DEFAULT_LOAD))
@@ -155,8 +155,8 @@ def simulate(
         for c in channels:
             frame[c] = np.round(data[c], SPECS[c].decimals)
         frame["anomaly"] = label
-        frames[entity], loads[entity] = frame, n
-    return Telemetry(frames, faults, tuple(channels), loads, normal_rows)
+        frames[entity], speeds[entity] = frame, n
+    return Telemetry(frames, faults, tuple(channels), speeds, normal_rows)
 
 
 def _ar1(rng: np.random.Generator, rows: int, phi: float, sd: float) -> np.ndarray:

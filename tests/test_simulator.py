@@ -61,6 +61,19 @@ def test_an_entity_does_not_depend_on_the_others():
     assert not np.allclose(together.frames["pump-1"]["flow"], together.frames["pump-2"]["flow"])
 
 
+def test_each_pump_runs_at_its_own_operating_point():
+    """``loads`` moves a pump's level (flow ~ n, current ~ n**3); a pump not named keeps 0.65."""
+    t = simulate(("low", "mid", "high"), 1200, seed=1, faults=None,
+                 loads={"low": 0.45, "high": 0.85})
+    mean = {e: t.load[e].mean() for e in t.frames}
+    assert abs(mean["low"] - 0.45) < 0.05 and abs(mean["mid"] - 0.65) < 0.05
+    assert abs(mean["high"] - 0.85) < 0.05
+    flow = {e: f["flow"].mean() for e, f in t.frames.items()}
+    current = {e: f["current"].mean() for e, f in t.frames.items()}
+    assert flow["low"] < 0.8 * flow["mid"] < 0.8 ** 2 * flow["high"]
+    assert current["low"] < current["mid"] < current["high"]
+
+
 def test_frame_layout_and_timestamps():
     t = simulate(("p",), 100, seed=0, faults=None, start_ts_ms=1_600_000_000_000, step_ms=500)
     frame = t.frames["p"]
