@@ -300,9 +300,10 @@ def _entities(name: str, column: str, col: pd.Series) -> np.ndarray:
     """Each row's entity name as text; a missing, empty or unprintable one is a ``DataError``."""
     names = np.asarray([v if isinstance(v, str) else "" if pd.isna(v) else str(v)
                         for v in col.tolist()], dtype=object)
-    for row, value in enumerate(names.tolist()):
+    for value in dict.fromkeys(names.tolist()):  # each distinct name once, in order of rows
         problem = check_entity_name(value)
         if problem:
+            row = names.tolist().index(value)
             raise DataError(f"{name}: entity column {column!r} row {row}: {problem}")
     return names
 

@@ -51,9 +51,9 @@ def entity_alerts(
     scored: SeriesScores, ts_ms: np.ndarray, groups: dict[str, np.ndarray],
     channels: list[str], threshold: Threshold, model_version: str, mode: str = EPISODE,
     end_windows: int = 5,
-) -> tuple[SeriesAlerts, dict[str, SeriesAlerts]]:
+) -> SeriesAlerts:
     """The worker's alert rules per entity: all alerts (entity by entity) with the row flags in
-    input order, and each entity's own ``SeriesAlerts``."""
+    input order, each entity's own ``SeriesAlerts`` in ``by_entity``."""
     ts_ms = np.asarray(ts_ms, dtype=np.int64)
     flags = np.zeros(len(scored.scores), dtype=np.int64)
     alerts: list[dict] = []
@@ -67,7 +67,7 @@ def entity_alerts(
         flags[rows] = part.flags
         alerts.extend(part.alerts)
         parts[entity] = part
-    return SeriesAlerts(alerts, flags, {}, parts), parts
+    return SeriesAlerts(alerts, flags, {}, parts)
 
 
 def entity_episode_rows(parts: dict[str, SeriesAlerts]) -> list[dict]:

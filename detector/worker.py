@@ -55,7 +55,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
 from detector.batch import (
-    Offsets, Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
+    Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
     prepare, score_batch,
 )
 from detector.commit import Commits, reread
@@ -75,6 +75,7 @@ __all__ = ["CARRY", "DEAD_LETTER", "ModelLoader", "ScoreTimeout", "Worker", "Wor
 log = logging.getLogger(__name__)
 
 MAX_KNOWN = 1_000_000  # entity names kept for ``entities_known``: at most ~300 MB
+
 
 class ScoreTimeout(RuntimeError):
     """A batch's scores did not come within ``score_timeout_s`` (not an outage: retries are
@@ -153,7 +154,7 @@ class Worker:
             if not self._abandoned:
                 try:
                     self.sink.flush()
-                    self._commit(None)
+                    self._commits.commit(None)
                 except Exception as exc:  # every batch was flushed already; this is a formality
                     log.warning("final flush failed: %s", describe(exc))
         finally:
@@ -406,12 +407,8 @@ class Worker:
             if rewind:
                 self.source.seek(rewind)
             self.metrics.inc("rereads_total", len(refused))
-        self._commit(offsets)
-        batch.move(Phase.COMMITTED)
-
-    def _commit(self, offsets: Offsets | None) -> None:
         self._commits.commit(offsets)
-
+        batch.move(Phase.COMMITTED)
 
     def _maybe_reload(self) -> None:
         if not self._reload.is_set():

@@ -293,8 +293,7 @@ def train_config(*, window: int, epochs: int, model: str, device: str, seed: int
         batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
         max_gap_ms=None if max_gap_s is None else int(max_gap_s * 1000),
         threshold_margin=threshold_margin, false_alarm_target=false_alarm_target,
-        torch_threads=torch_threads,
-        sample_budget=sample_budget,
+        torch_threads=torch_threads, sample_budget=sample_budget,
     )
 
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-
 from detector.stream import DEFAULT_MAX_GAP_S
 from ganwatch import demo_report as report
 from ganwatch import demo_stream as live

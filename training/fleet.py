@@ -75,8 +75,8 @@ def fleet_windows(ts_ms: np.ndarray, values: np.ndarray, entities: np.ndarray,
         log.warning("left %d of %d entities out of training, too few rows for a fitting and a "
                     "held-back window: %s; the model judges them as entities it has not seen",
                     len(skipped), len(groups), ", ".join(skipped[:10]))
-    fit_windows, calib_windows = _by_time(fit, values.shape[1], config.window), \
-        _by_time(calib, values.shape[1], config.window)
+    fit_windows = _by_time(fit, values.shape[1], config.window)
+    calib_windows = _by_time(calib, values.shape[1], config.window)
     if len(fit_windows) < 2 or len(calib_windows) < 1:
         raise ValueError(too_few_windows(len(fit_windows), len(calib_windows), stats, max_gap_ms,
                                          config.window))
