@@ -30,8 +30,13 @@ Names (labels in braces):
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Protocol
+from typing import Iterable, Protocol
+
+log = logging.getLogger(__name__)
+
+MAX_KNOWN = 1_000_000  # entity names kept for ``entities_known``: at most ~300 MB
 
 COUNTERS: dict[str, tuple[str, ...]] = {
     "readings_total": (),
@@ -132,3 +137,23 @@ class InMemoryMetrics:
             if labels:
                 return self.counters.get((name, tuple(sorted(labels.items()))), 0)
             return sum(v for (n, _), v in self.counters.items() if n == name)
+
+
+class KnownEntities:
+    """The ``entities_known`` gauge: the distinct entities this process has stored, as a set of
+    at most ``MAX_KNOWN`` names (bounded memory: past the cap the gauge says "at least")."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.names: set[str] = set()
+
+    def add(self, entities: Iterable[str]) -> None:
+        before = len(self.names)
+        if before < MAX_KNOWN:
+            for entity in entities:
+                self.names.add(entity)
+                if len(self.names) >= MAX_KNOWN:
+                    log.warning("%d entities: entities_known stops counting", MAX_KNOWN)
+                    break
+        if len(self.names) != before:
+            self.metrics.set("entities_known", len(self.names))

@@ -50,36 +50,30 @@ import logging
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait
 from typing import Callable
 
 from detector.batch import (
     Outcome, Prepared, Routing, Scored, StageFailed, finish, follow_versions, offsets_after,
-    prepare, score_batch,
+    prepare,
 )
 from detector.commit import Commits, reread
 from detector.config import CARRY, DEAD_LETTER, WorkerConfig, describe
 from detector.decoder import ReadingDecoder
+from detector.health import LoopHealth
 from detector.isolate import isolate
 from detector.message import ParsedReading, Rejection, reject_future
-from detector.metric import Metrics, NullMetrics
+from detector.metric import KnownEntities, Metrics, NullMetrics
 from detector.phase import Batch, Phase
 from detector.protocol import Message, Sink, Source, StateStore, is_outage
 from detector.reload import ModelLoader, check_model, swap_model
+from detector.scorer import ScoreTimeout, ThreadScorer
 from detector.stream import EntityState
 
 __all__ = ["CARRY", "DEAD_LETTER", "ModelLoader", "ScoreTimeout", "Worker", "WorkerConfig",
            "describe"]
 
 log = logging.getLogger(__name__)
-
-MAX_KNOWN = 1_000_000  # entity names kept for ``entities_known``: at most ~300 MB
-
-
-class ScoreTimeout(RuntimeError):
-    """A batch's scores did not come within ``score_timeout_s`` (not an outage: retries are
-    bounded, then the batch is isolated)."""
 
 
 def _as_stage(exc: Exception) -> StageFailed:
@@ -108,26 +102,25 @@ class Worker:
                                 config.max_dead_letter_bytes)
         self._reload = threading.Event()
         self._stop = threading.Event()
-        self._ready = False
-        self._running = False
+        self._health = LoopHealth(source, store, self.metrics, clock, config.live_timeout_s,
+                                  config.lag_interval_s)
         self._abandoned = False  # a batch was given up on stop: never commit after it
-        self._heartbeat = clock()
-        self._lag_at = float("-inf")
         self._pending: Batch | None = None  # in flight (depth 1)
-        self._known: set[str] = set()  # entities stored by this process (``entities_known``)
+        self._known = KnownEntities(self.metrics)
         self._commits = Commits(source, self.metrics)
-        self._executor: ThreadPoolExecutor | None = None
+        self._scorer = ThreadScorer(self.depth, config.max_batch, self.metrics,
+                                    config.score_timeout_s)
 
     @property
     def ready(self) -> bool:
         """Model loaded, the last batch (or, when idle, a store ping) succeeded, and the source
         reaches its broker now (read live, so a batch blocked on a lost broker shows it)."""
-        return self._ready and self._reachable()
+        return self._health.ready
 
     @property
     def alive(self) -> bool:
         """The loop runs and has made progress (or retried) recently."""
-        return self._running and self.clock() - self._heartbeat < self.config.live_timeout_s
+        return self._health.alive
 
     def request_reload(self) -> None:
         """Ask for ``model_loader`` to run between batches; safe from signal handlers and threads."""
@@ -135,17 +128,17 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Loop over batches until ``stop`` is set; then finish, flush, commit, close the source."""
-        self._stop, self._running = stop, True
-        self._set_ready(self._ping())
+        self._stop, self._health.running = stop, True
+        self._health.set_ready(self._health.ping())
         delay = self.config.backoff_initial_s
         try:
             while not stop.is_set():
-                self._heartbeat = self.clock()  # a step returned: not stuck on a batch
+                self._health.beat()  # a step returned: not stuck on a batch
                 try:
                     self.step()
                     delay = self.config.backoff_initial_s
                 except Exception as exc:  # poll and the like: nothing is in flight, wait and go on
-                    self._set_ready(False)
+                    self._health.set_ready(False)
                     self.metrics.inc("retries_total", stage="poll")
                     log.warning("poll failed (retrying in %.2fs): %s", delay, describe(exc))
                     stop.wait(delay)
@@ -158,7 +151,7 @@ class Worker:
                 except Exception as exc:  # every batch was flushed already; this is a formality
                     log.warning("final flush failed: %s", describe(exc))
         finally:
-            self._running = False
+            self._health.running = False
             self.close()
             self.source.close()
 
@@ -194,8 +187,8 @@ class Worker:
         batch = Batch(self._parse(messages), offsets_after(messages))
         try:
             batch.prepare(self._prepare(batch.parsed, pending.prepared.carry() if pending else None))
-            scored = self._scores(pending) if pending else None
-            batch.start(self._submit(batch.prepared))
+            scored = self._scorer.result(pending) if pending else None
+            batch.start(self._scorer.submit(batch.prepared))
         except Exception as exc:  # any failure: redo what is in flight and this batch, in order
             self._pending = None
             self._redo([b for b in (pending, batch) if b is not None], _as_stage(exc))
@@ -220,7 +213,7 @@ class Worker:
         if pending is None:
             return
         try:
-            outcome, lost = self._finish(pending, self._scores(pending))
+            outcome, lost = self._finish(pending, self._scorer.result(pending))
         except Exception as exc:
             self._redo([pending], _as_stage(exc))
             return
@@ -233,7 +226,7 @@ class Worker:
         pending, self._pending = self._pending, None
         if pending is not None:
             try:
-                outcome, lost = self._finish(pending, self._scores(pending))
+                outcome, lost = self._finish(pending, self._scorer.result(pending))
             except Exception as exc:
                 if pending.phase is Phase.SCORING:
                     pending.move(Phase.DROPPED)
@@ -249,46 +242,17 @@ class Worker:
         wherever the group has them (another owner may have moved them on)."""
         self._commits.assign(partitions)
 
-    def _submit(self, prepared: Prepared) -> Future:
-        """Start scoring ``prepared``: on the background thread at depth 1, here at depth 0 (the
-        result, or the failure, in an already completed future)."""
-        if self.depth == 0:
-            future: Future = Future()
-            try:
-                future.set_result(score_batch(prepared, self.config.max_batch, self.metrics))
-            except Exception as exc:
-                future.set_exception(exc)
-            return future
-        executor = self._executor = self._executor or ThreadPoolExecutor(
-            1, thread_name_prefix="ganwatch-score")
-        return executor.submit(score_batch, prepared, self.config.max_batch, self.metrics)
-
-    def _scores(self, pending: Batch) -> Scored:
-        """The in-flight batch's scores, waited for at most twice ``score_timeout_s`` (the
-        scoring process's own deadline, ``ProcessDetector.timeout_s``, normally ends it first)."""
-        pending.expect(Phase.SCORING)
-        try:
-            return pending.future.result(timeout=2 * self.config.score_timeout_s)
-        except FutureTimeout:
-            if self._executor is not None:  # its one thread is stuck: later batches get another
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
-            raise StageFailed("score", ScoreTimeout(
-                f"no scores within {2 * self.config.score_timeout_s:g} s")) from None
-
     def close(self) -> None:
         """Stop the scoring thread (idempotent); ``run`` calls it on the way out."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._scorer.close()
 
     def _poll(self, timeout_ms: int) -> list[Message]:
         messages = self.source.poll(self.config.max_batch, timeout_ms)
-        self._report_lag()
+        self._health.report_lag()
         if not messages:
             if self._pending is None:  # idle: the store ping keeps readiness honest
-                self._set_ready(self._ping() and self._reachable())
-                self._heartbeat = self.clock()  # idle is alive
+                self._health.set_ready(self._health.ping() and self._health.reachable())
+                self._health.beat()  # idle is alive
             return messages
         self.metrics.observe("batch_size", len(messages))
         self.metrics.inc("readings_total", len(messages))
@@ -315,22 +279,13 @@ class Worker:
     def _finish_prepared(self, prepared: Prepared, scored: Scored) -> tuple[Outcome, list[str]]:
         outcome, lost = finish(prepared, scored, self.sink, self.store, self._routing, self.clock,
                                self.metrics)
-        known = len(self._known)
-        if known < MAX_KNOWN:  # bounded memory: past the cap the gauge says "at least"
-            for state in prepared.changed:
-                self._known.add(state.entity)
-                if len(self._known) >= MAX_KNOWN:
-                    log.warning("%d entities: entities_known stops counting", MAX_KNOWN)
-                    break
-        if len(self._known) != known:
-            self.metrics.set("entities_known", len(self._known))
+        self._known.add(state.entity for state in prepared.changed)
         return outcome, lost
 
     def _attempt(self, parsed: list[ParsedReading | Rejection]) -> tuple[Outcome, list[str]]:
         """One try of a whole batch from the store: prepare, score, finish."""
         prepared = self._prepare(parsed)
-        return self._finish_prepared(prepared, score_batch(prepared, self.config.max_batch,
-                                                           self.metrics))
+        return self._finish_prepared(prepared, self._scorer.now(prepared))
 
     def _process(self, batch: Batch, failed: StageFailed | None) -> bool:
         """Redo a failed batch from the store until it goes through, with backoff; False if
@@ -353,7 +308,7 @@ class Worker:
                     break
                 except Exception as exc:
                     failed = _as_stage(exc)
-            self._set_ready(False)
+            self._health.set_ready(False)
             self.metrics.inc("retries_total", stage=failed.stage)
             if not is_outage(failed.cause):
                 tries[failed.stage] += 1
@@ -389,8 +344,8 @@ class Worker:
     def _done(self, batch: Batch, outcome: Outcome, lost: list[str]) -> None:
         batch.expect(Phase.FINISHED)
         offsets, parsed = batch.offsets, batch.parsed
-        self._set_ready(True)
-        self._heartbeat = self.clock()  # a batch finished: alive
+        self._health.set_ready(True)
+        self._health.beat()  # a batch finished: alive
         for (name, labels), n in outcome.items():
             if n:
                 self.metrics.inc(name, n, **dict(labels))
@@ -417,37 +372,3 @@ class Worker:
         swapped = swap_model(self._loader, self.detector, self.config.stream.window, self.metrics)
         if swapped is not None:
             self.detector, self.threshold = swapped
-
-    def _report_lag(self) -> None:
-        now = self.clock()
-        if now - self._lag_at < self.config.lag_interval_s:
-            return
-        self._lag_at = now
-        try:
-            lag = self.source.lag()
-        except Exception as exc:
-            log.debug("lag unavailable: %s", describe(exc))
-            return
-        if lag is not None:
-            self.metrics.set("consumer_lag", lag)
-
-    def _ping(self) -> bool:
-        try:
-            return bool(self.store.ping())
-        except Exception as exc:
-            log.warning("state store unreachable: %s", describe(exc))
-            return False
-
-    def _reachable(self) -> bool:
-        """The source's own view of its broker (``reachable()``, optional: a source without one
-        counts as reachable); it must be safe to call from any thread."""
-        reachable = getattr(self.source, "reachable", None)
-        try:
-            return reachable is None or bool(reachable())
-        except Exception as exc:
-            log.debug("source reachability unknown: %s", describe(exc))
-            return False
-
-    def _set_ready(self, ready: bool) -> None:
-        self._ready = ready
-        self.metrics.set("ready", 1 if ready else 0)

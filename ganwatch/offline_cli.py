@@ -174,7 +174,8 @@ TRAIN_OPTIONS = ("train_rows", "window", "epochs", "model", "device", "seed", "b
 
 def load_scored(args: argparse.Namespace, label_column: str | None = None):
     """Load the model and the file with the model's channels; score every row."""
-    from ganwatch.api import check_score_options, load
+    from ganwatch.api import load
+    from ganwatch.option import check_score_options
 
     check_score_options(args.stride, args.max_gap_s, args.alert_mode, args.episode_end_windows)
     model = load(args.model, device=args.device)
@@ -187,7 +188,8 @@ def load_scored(args: argparse.Namespace, label_column: str | None = None):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from connectors.file import DataError, write_episodes_csv, write_scores_csv
+    from connectors.file import DataError
+    from connectors.writer import write_episodes_csv, write_scores_csv
     from detector.fleet import entity_episode_rows
     from detector.offline import episode_rows
 

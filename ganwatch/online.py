@@ -26,7 +26,8 @@ from detector.message import EPOCH, ParsedReading, parse_reading
 from detector.metric import NullMetrics
 from detector.protocol import Message
 from detector.stream import EntityState, StreamConfig
-from ganwatch.api import Model, check_score_options
+from ganwatch.api import Model
+from ganwatch.option import check_score_options
 
 __all__ = ["OnlineScorer"]
 

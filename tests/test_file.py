@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.file import (
-    DataError, Table, check_min_rows, read_table, sniff_separator, write_scores_csv,
-)
+from connectors.file import DataError, Table, check_min_rows, read_table, sniff_separator
+from connectors.writer import write_scores_csv
 
 SKAB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "skab"
 SKAB_FILE = SKAB / "valve1" / "0.csv"

@@ -559,12 +559,12 @@ def test_new_and_known_entities_are_counted():
 
 
 def test_the_known_entities_gauge_is_bounded(monkeypatch):
-    import detector.worker as worker_module
+    import detector.metric as metric_module
 
-    monkeypatch.setattr(worker_module, "MAX_KNOWN", 2)
+    monkeypatch.setattr(metric_module, "MAX_KNOWN", 2)
     r = rig(scenario()[:9])
     drain(r.worker)
-    assert r.metrics.gauges["entities_known"] == 2 and len(r.worker._known) == 2
+    assert r.metrics.gauges["entities_known"] == 2 and len(r.worker._known.names) == 2
     assert r.metrics.count("entities_new_total") == 3  # the counter still counts every one
 
 
