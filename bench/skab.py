@@ -101,8 +101,9 @@ def free_far(flags_per_segment: list[np.ndarray], train_rows: int = TRAIN_ROWS) 
 
 
 def run_free(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
-             count: int = SEGMENTS) -> dict:
-    """The anomaly-free check for ganwatch's models and PCA T²/Q: FAR over ``count`` segments."""
+             count: int = SEGMENTS, ablate: bool = True) -> dict:
+    """The anomaly-free check for ganwatch's models and PCA T²/Q: FAR over ``count`` segments
+    (with ``ablate``, also for each ablation variant of ``ABLATED``)."""
     table = read_table(SKAB / "anomaly-free" / "anomaly-free.csv", sep=";",
                        timestamp_column="datetime")
     ts, values = table.row_ts_ms(), table.values
@@ -126,7 +127,7 @@ def run_free(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
             over.append(segment_over[TRAIN_ROWS:])
             targets.append(result.threshold.false_alarm_target)
             seconds.append(train_s)
-            if kind == ABLATED:
+            if ablate and kind == ABLATED:
                 for name, f in ablation_flags(result, config, ts[a:a + TRAIN_ROWS],
                                               values[a:a + TRAIN_ROWS],
                                               [(ts[a:b], values[a:b])]).items():
@@ -139,17 +140,17 @@ def run_free(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
 
 
 def run(models: tuple[str, ...] = MODELS, group: str = "valve1",
-        limit: int | None = None, overrides: dict | None = None) -> dict:
+        limit: int | None = None, overrides: dict | None = None, ablate: bool = True) -> dict:
     """The valve1 table: F1, FAR and MAR per model, with training seconds and scoring rate,
     then PCA T² and Q. ``overrides`` changes ``TrainConfig`` fields (the published table uses
-    none)."""
+    none); ``ablate`` adds the ablation table of ``ABLATED``."""
     out = {}
     files = skab_files(group)[:limit]
     for kind in models:
         config = config_for(kind, overrides)
-        rows = [run_file(p, config, ablate=kind == ABLATED) for p in files]
+        rows = [run_file(p, config, ablate=ablate and kind == ABLATED) for p in files]
         summary = skab_summary(rows)
-        if kind == ABLATED:
+        if ablate and kind == ABLATED:
             out["ablation"] = {name: skab_summary([r["ablation"][name] for r in rows])
                                for name in rows[0]["ablation"]}
         summary.update(

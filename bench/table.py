@@ -1,7 +1,8 @@
 """``python -m bench.table BENCH.json``: the README's quality tables from one ``make bench`` run.
 
-One table per dataset (every detector side by side, with training seconds) and the ablation table
-(``bench.ablation``: ``lstm-gan`` with one part of its score left out at a time), as Markdown.
+One table per dataset (every detector side by side, with training seconds), the ablation table
+(``bench.ablation``: ``lstm-gan`` with one part of its score left out at a time) and the seed
+spread (``bench.seed``), as Markdown.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ ABLATION = {"skab/valve1": [("f1", "valve1 F1"), ("far_pct", "valve1 FAR %")],
             "tep": [("far_pct", "TEP FAR %"), ("mean_fdr_pct_without_3_9_15", "TEP FDR % (8)")],
             "nab/realKnownCause": [("f1", "NAB real F1")],
             "nab/artificialNoAnomaly": [("false_alarms_per_signal", "NAB art. FA / signal")]}
+SEED = [("valve1_f1", "valve1 F1"), ("valve1_far_pct", "valve1 FAR %"),
+        ("anomaly_free_far_pct", "anomaly-free FAR %"), ("tep_far_pct", "TEP FAR %"),
+        ("tep_fdr_pct_without_3_9_15", "TEP FDR % (8)")]
 
 
 def cell(value: Any) -> str:
@@ -68,6 +72,15 @@ def tables(bench: dict) -> str:
             rows.append([variant] + [cell(by.get(d, {}).get(k)) for d, cols in ABLATION.items()
                                      for k, _ in cols])
         out.append("**ablation**\n\n" + markdown(header, rows))
+    seeds = bench.get("seed", {})
+    if seeds.get("seeds"):
+        rows = [[seed] + [cell(f.get(k)) for k, _ in SEED] for seed, f in seeds["seeds"].items()]
+        spread = seeds.get("spread", {})
+        rows.append(["lowest – highest"] + [
+            f"{cell(spread[k]['min'])} – {cell(spread[k]['max'])}" if k in spread else "–"
+            for k, _ in SEED])
+        out.append(f"**seed spread ({seeds.get('model', 'lstm-gan')})**\n\n"
+                   + markdown(["seed"] + [name for _, name in SEED], rows))
     return "\n\n".join(out) + "\n"
 
 

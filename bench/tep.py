@@ -64,8 +64,9 @@ def tep_rates(normal: np.ndarray, faults: Mapping[int, np.ndarray], onset: int =
 
 
 def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
-        faults: tuple[int, ...] | None = None) -> dict:
-    """The TEP table for ganwatch's models and PCA T²/Q; ``faults`` limits the fault files."""
+        faults: tuple[int, ...] | None = None, ablate: bool = True) -> dict:
+    """The TEP table for ganwatch's models and PCA T²/Q; ``faults`` limits the fault files;
+    ``ablate`` adds the ablation table of ``ABLATED``."""
     files = {n: p for n, p in fault_files().items() if faults is None or n in faults}
     train_table = read(TEP / "train.csv")
     tests = {"normal": read(TEP / "normal_test.csv"), **{n: read(p) for n, p in files.items()}}
@@ -93,7 +94,7 @@ def run(models: tuple[str, ...] = MODELS, overrides: dict | None = None,
                      **target_check([result.threshold.false_alarm_target], normal_over),
                      "train_seconds": round(train_s, 2),
                      "score_seconds": round(time.perf_counter() - started, 2)}
-        if kind == ABLATED:
+        if ablate and kind == ABLATED:
             keys = list(tests)
             variants = ablation_flags(result, config, train_table.row_ts_ms(), train_table.values,
                                       [(tests[k].row_ts_ms(), tests[k].values) for k in keys])

@@ -205,6 +205,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)
+                    _stop_if_terminated()  # a Ctrl-C a finaliser swallowed
         say("stopping the worker, the broker and Redis")
     say(f"done in {time.monotonic() - started:.0f} s")
     return summary
@@ -273,8 +274,9 @@ _TERMINATED = threading.Event()
 
 
 def _stop_if_terminated() -> None:
-    """Re-raise a SIGTERM whose KeyboardInterrupt was swallowed: Python drops an exception raised
-    while a finaliser runs, and under load the signal can land in one (a tensor's, a generator's)."""
+    """Re-raise a SIGTERM or Ctrl-C whose KeyboardInterrupt was swallowed: Python drops an
+    exception raised while a finaliser runs, and under load the signal can land in one (a
+    tensor's, a generator's, a client socket's)."""
     if _TERMINATED.is_set():
         raise KeyboardInterrupt
 
@@ -287,7 +289,8 @@ def stage(text: str) -> None:
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the exit stack stops every server it started."""
+    """SIGTERM unwinds like Ctrl-C, so the exit stack stops every server it started; both are
+    remembered (``_stop_if_terminated``) in case a finaliser swallows the KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -297,11 +300,12 @@ def _terminate_as_interrupt() -> Iterator[None]:
         _TERMINATED.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

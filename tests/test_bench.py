@@ -199,3 +199,58 @@ def test_the_tables_show_every_detector_and_variant_of_a_run():
     assert "| lstm-gan | 0.8 | 3.5 | 2 |" in text and "| pca-q | 0.5 | 33.6 | – |" in text
     assert "| no critic | 0.7 | 4.0 |" in text
     assert "**tep**" in text and "**nab/realKnownCause**" not in text
+
+
+def test_seed_spread_takes_seed_0_from_the_same_run_only_at_the_default_seed():
+    from bench import seed
+
+    fig = {"f1": 0.8, "far_pct": 3.0}
+    run = {"skab": {"valve1": {"lstm-gan": fig}, "anomaly_free": {"lstm-gan": {"far_pct": 9.0}}},
+           "tep": {"detectors": {"lstm-gan": {"far_pct": 0.0,
+                                              "mean_fdr_pct_without_3_9_15": 80.0}}}}
+    assert seed.main_run(run) == {
+        "valve1_f1": 0.8, "valve1_far_pct": 3.0, "anomaly_free_far_pct": 9.0, "tep_far_pct": 0.0,
+        "tep_fdr_pct_without_3_9_15": 80.0}
+    run["tep"]["overrides"] = {"seed": 4}  # not seed 0: no row for it
+    assert seed.main_run(run) is None
+    assert seed.main_run({"tep": run["tep"]}) is None  # skab did not run
+    other = dict(seed.main_run({**run, "tep": {**run["tep"], "overrides": {}}}),
+                 valve1_f1=0.7, tep_fdr_pct_without_3_9_15=None)
+    spread = seed.spread({"0": seed.main_run({**run, "tep": {**run["tep"], "overrides": {}}}),
+                          "1": other})
+    assert spread["valve1_f1"] == {"min": 0.7, "max": 0.8, "mean": 0.75}
+    assert spread["tep_fdr_pct_without_3_9_15"] == {"min": 80.0, "max": 80.0, "mean": 80.0}
+
+
+def test_the_seed_table_lists_every_seed_and_the_range():
+    from bench.table import tables
+
+    one = {"valve1_f1": 0.83, "valve1_far_pct": 3.8, "anomaly_free_far_pct": 8.7,
+           "tep_far_pct": 0.0, "tep_fdr_pct_without_3_9_15": 82.7}
+    two = dict(one, valve1_f1=0.815, tep_fdr_pct_without_3_9_15=87.3)
+    from bench.seed import spread
+
+    seeds = {"0": one, "1": two}
+    text = tables({"seed": {"model": "lstm-gan", "seeds": seeds, "spread": spread(seeds)}})
+    assert "**seed spread (lstm-gan)**" in text
+    assert "| 0 | 0.83 | 3.8 | 8.7 | 0 | 82.7 |" in text
+    assert "| 1 | 0.815 | 3.8 | 8.7 | 0 | 87.3 |" in text
+    assert "| lowest – highest | 0.815 – 0.83 | 3.8 – 3.8 |" in text
+    assert "82.7 – 87.3 |" in text
+
+
+def test_quick_seed_run_trains_at_each_seed(capsys):
+    need(skab.SKAB / "valve1")
+    need(tep.TEP / "train.csv")
+    import json
+
+    from bench.__main__ import main
+
+    assert main(["--only", "seed", "--quick"]) == 0
+    out = json.loads(capsys.readouterr().out)["seed"]
+    assert list(out["seeds"]) == ["1"]  # the main skab and tep did not run: no seed 0 row
+    figures = out["seeds"]["1"]
+    assert 0 <= figures["valve1_f1"] <= 1 and 0 <= figures["anomaly_free_far_pct"] <= 100
+    assert figures["tep_fdr_pct_without_3_9_15"] is not None
+    assert out["spread"]["valve1_f1"]["min"] == out["spread"]["valve1_f1"]["max"]
+    assert out["overrides"] == {"epochs": 1}

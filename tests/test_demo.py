@@ -144,6 +144,14 @@ class Child:
             time.sleep(0.1)
         raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.lines)}")
 
+    def exit_code(self) -> int:
+        """The exit status, waited for at most ``WAIT_S``; on a timeout the output says why."""
+        try:
+            return self.proc.wait(WAIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {WAIT_S} s; output:\n{''.join(self.lines)}"
+                                 ) from None
+
     def pids(self) -> list[int]:
         found = self.wait_for(r"broker \S+ \(pid (\d+)\), Redis \S+ \(pid (\d+)\)")
         return [int(found.group(1)), int(found.group(2))]
@@ -164,7 +172,7 @@ def test_sigterm_during_training_stops_everything(tmp_path):
         child.wait_for(r"\[3/6\] training")
         assert all(server_alive(p) for p in pids)
         child.proc.send_signal(signal.SIGTERM)
-        assert child.proc.wait(WAIT_S) == 130
+        assert child.exit_code() == 130
         assert [p for p in pids if server_alive(p)] == []
         assert not (tmp_path / "out" / "summary.json").exists()
     finally:
@@ -187,7 +195,7 @@ def test_keep_running_serves_until_ctrl_c(tmp_path):
         finally:
             consumer.close()
         child.proc.send_signal(signal.SIGINT)
-        assert child.proc.wait(WAIT_S) == 0
+        assert child.exit_code() == 0
         assert [p for p in pids if server_alive(p)] == []
     finally:
         child.close(pids)
