@@ -109,16 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                 (QUICK_NAB_ROWS if args.quick else None)
             out[name] = nab.run(overrides=training, max_rows=rows, epochs=args.nab_epochs)
         elif name == "seed":
-            from bench import seed
+            from bench import seed, skab
 
             out[name] = seed.run(seeds=(1,) if args.quick else seed.SEEDS, overrides=training,
                                  limit=2 if args.quick else None,
-                                 free_segments=2 if args.quick else seed.skab.SEGMENTS,
-                                 faults=(1, 3) if args.quick else None)
-            first = seed.main_run(out)
-            if first is not None:
-                out[name]["seeds"] = {"0": first, **out[name]["seeds"]}
-            out[name]["spread"] = seed.spread(out[name]["seeds"])
+                                 free_segments=2 if args.quick else skab.SEGMENTS,
+                                 faults=(1, 3) if args.quick else None, main=out)
         elif name == "load":
             from bench import quality, skab
 

@@ -52,8 +52,11 @@ def spread(per_seed: dict[str, dict]) -> dict[str, dict]:
 
 
 def run(seeds: tuple[int, ...] = SEEDS, overrides: dict | None = None, limit: int | None = None,
-        free_segments: int = skab.SEGMENTS, faults: tuple[int, ...] | None = None) -> dict:
-    """Train and score ``ABLATED`` at each seed, as the main tables do at seed 0."""
+        free_segments: int = skab.SEGMENTS, faults: tuple[int, ...] | None = None,
+        main: dict | None = None) -> dict:
+    """Train and score ``ABLATED`` at each seed, as the main tables do at seed 0; seed 0's row
+    comes from ``main`` (the bench run's results so far, ``main_run``), and ``spread`` covers
+    every row."""
     per_seed = {}
     for seed in seeds:
         config = {**(overrides or {}), "seed": seed}
@@ -64,4 +67,7 @@ def run(seeds: tuple[int, ...] = SEEDS, overrides: dict | None = None, limit: in
         per_seed[str(seed)] = figures(valve1[ABLATED], free[ABLATED],
                                       tep_result["detectors"][ABLATED])
         log.info("seed %d: %s", seed, per_seed[str(seed)])
-    return {"model": ABLATED, "seeds": per_seed}
+    first = main_run(main or {})
+    if first is not None:
+        per_seed = {"0": first, **per_seed}
+    return {"model": ABLATED, "seeds": per_seed, "spread": spread(per_seed)}

@@ -34,7 +34,7 @@ class ThreadScorer:
             return future
         executor = self._executor = self._executor or ThreadPoolExecutor(
             1, thread_name_prefix="ganwatch-score")
-        return executor.submit(score_batch, prepared, self.max_batch, self.metrics)
+        return executor.submit(self.now, prepared)
 
     def now(self, prepared: Prepared) -> Scored:
         """Score ``prepared`` on the calling thread (a retry from the store)."""

@@ -59,6 +59,5 @@ def run_fleet(artifact: Artifact, table: Table, stream: StreamConfig, alert_mode
             log.info("%d of %d entities are not among the model's trained ones and are judged by "
                      "shape only: %s", len(new), len(groups), ", ".join(new[:10]))
     alerts = entity_alerts(scored, ts_ms, groups, list(detector.channels), threshold,
-                              str(artifact.meta["model_version"]), alert_mode,
-                              episode_end_windows)
+                           str(artifact.meta["model_version"]), alert_mode, episode_end_windows)
     return scored, alerts

@@ -208,16 +208,14 @@ def test_seed_spread_takes_seed_0_from_the_same_run_only_at_the_default_seed():
     run = {"skab": {"valve1": {"lstm-gan": fig}, "anomaly_free": {"lstm-gan": {"far_pct": 9.0}}},
            "tep": {"detectors": {"lstm-gan": {"far_pct": 0.0,
                                               "mean_fdr_pct_without_3_9_15": 80.0}}}}
-    assert seed.main_run(run) == {
+    first = seed.main_run(run)
+    assert first == {
         "valve1_f1": 0.8, "valve1_far_pct": 3.0, "anomaly_free_far_pct": 9.0, "tep_far_pct": 0.0,
         "tep_fdr_pct_without_3_9_15": 80.0}
-    run["tep"]["overrides"] = {"seed": 4}  # not seed 0: no row for it
-    assert seed.main_run(run) is None
     assert seed.main_run({"tep": run["tep"]}) is None  # skab did not run
-    other = dict(seed.main_run({**run, "tep": {**run["tep"], "overrides": {}}}),
-                 valve1_f1=0.7, tep_fdr_pct_without_3_9_15=None)
-    spread = seed.spread({"0": seed.main_run({**run, "tep": {**run["tep"], "overrides": {}}}),
-                          "1": other})
+    assert seed.main_run({**run, "tep": {**run["tep"], "overrides": {"seed": 4}}}) is None
+    other = dict(first, valve1_f1=0.7, tep_fdr_pct_without_3_9_15=None)
+    spread = seed.spread({"0": first, "1": other})
     assert spread["valve1_f1"] == {"min": 0.7, "max": 0.8, "mean": 0.75}
     assert spread["tep_fdr_pct_without_3_9_15"] == {"min": 80.0, "max": 80.0, "mean": 80.0}
 
