@@ -14,8 +14,7 @@ import numpy as np
 
 from detector.model import LstmGanDetector
 from detector.score import Threshold
-from detector.term import Parts
-from training.calibration import fit_score, fit_threshold
+from training.calibration import calibrate_parts
 from training.trainer import TrainConfig, TrainResult, make_windows
 
 # name -> TrainConfig fields that turn one part of the score off
@@ -37,13 +36,10 @@ def variants(result: TrainResult, config: TrainConfig, ts_ms: np.ndarray, values
     windows, ends, _ = make_windows(ts_ms, values, config.window, result.max_gap_ms)
     n_fit = int(round(len(values) * (1 - config.calib_fraction)))
     fit_parts, held = detector.parts(windows[ends < n_fit]), detector.parts(windows[ends >= n_fit])
-    seen = Parts.concat([fit_parts, held], detector.window, len(detector.channels))
     out = {}
     for name in names:
         changed = replace(config, **VARIANTS[name])
-        score = fit_score(held, seen, changed)
-        threshold = fit_threshold(score.score(held).scores, changed.window,
-                                  changed.false_alarm_target, changed.threshold_margin)
+        score, threshold, _, _ = calibrate_parts(fit_parts, held, changed, len(detector.channels))
         out[name] = (LstmGanDetector(result.networks, result.spec.calibrated(score), name, "cpu"),
                      threshold)
     return out

@@ -218,7 +218,8 @@ def fit(
     latent: int = DEFAULTS.latent, lr: float = DEFAULTS.lr, max_gap_s: float | None = None,
     torch_threads: int = DEFAULTS.torch_threads, sample_budget: int = DEFAULTS.sample_budget,
     false_alarm_target: float = DEFAULTS.false_alarm_target,
-    threshold_margin: float | None = DEFAULTS.threshold_margin, no_progress: bool = False,
+    threshold_margin: float | None = DEFAULTS.threshold_margin,
+    contamination: float = DEFAULTS.contamination, no_progress: bool = False,
     entity: str | None = None, progress: Progress | None = None,
 ) -> Model:
     """Train on normal rows of ``data`` (a DataFrame, or a CSV/Parquet path) exactly as
@@ -234,7 +235,8 @@ def fit(
                           batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
                           max_gap_s=max_gap_s, torch_threads=torch_threads,
                           sample_budget=sample_budget, threshold_margin=threshold_margin,
-                          false_alarm_target=false_alarm_target, train_rows=train_rows)
+                          false_alarm_target=false_alarm_target, train_rows=train_rows,
+                          contamination=contamination)
     if entity is not None and not str(entity).strip():
         raise DataError("--entity-column must name a column, got an empty name")
     table, ts_column = read_data(data, sep=sep, timestamp=timestamp,

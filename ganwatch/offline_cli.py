@@ -101,6 +101,10 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold-margin", type=float, default=DEFAULTS.threshold_margin,
                    help="instead of --false-alarm-target: threshold = highest held-back score + "
                         "this many robust spreads of them (default: unset, the target rules)")
+    p.add_argument("--contamination", type=float, default=DEFAULTS.contamination,
+                   help=f"share of the held-back stretches that may hold incidents (default "
+                        f"{DEFAULTS.contamination:g}; 0 = the training rows are all normal); their "
+                        f"peaks are set aside unless the fitted windows score as high")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: a bar on a terminal, log lines otherwise)")
     p.set_defaults(func=cmd_train)
@@ -169,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # the train flags that are `ganwatch.fit` keywords of the same name (the data flags are renamed)
 TRAIN_OPTIONS = ("train_rows", "window", "epochs", "model", "device", "seed", "batch_size",
                  "hidden", "latent", "lr", "max_gap_s", "torch_threads", "sample_budget",
-                 "threshold_margin", "false_alarm_target", "no_progress")
+                 "threshold_margin", "false_alarm_target", "contamination", "no_progress")
 
 
 def load_scored(args: argparse.Namespace, label_column: str | None = None):

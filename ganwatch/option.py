@@ -80,7 +80,7 @@ def data_name(data: Any) -> str:
 def train_config(*, window: int, epochs: int, model: str, device: str, seed: int, batch_size: int,
                  hidden: int, latent: int, lr: float, max_gap_s: float | None, torch_threads: int,
                  sample_budget: int, threshold_margin: float | None, false_alarm_target: float,
-                 train_rows: int | None) -> TrainConfig:
+                 train_rows: int | None, contamination: float) -> TrainConfig:
     """The options' rules (the CLI's messages), then the ``TrainConfig`` they make."""
     for name, value in (("--window", window), ("--epochs", epochs), ("--batch-size", batch_size),
                         ("--hidden", hidden), ("--latent", latent), ("--lr", lr)):
@@ -95,10 +95,13 @@ def train_config(*, window: int, epochs: int, model: str, device: str, seed: int
     if not 0 < false_alarm_target < 1:
         raise DataError(f"--false-alarm-target must lie between 0 and 1 (a share of normal "
                         f"windows, e.g. 0.001), got {false_alarm_target}")
+    if not 0 <= contamination < 0.5:
+        raise DataError(f"--contamination must lie in [0, 0.5) (a share of held-back stretches "
+                        f"that may hold incidents, 0 = none), got {contamination}")
     return TrainConfig(
         model=model, window=window, epochs=epochs, device=device, seed=seed,
         batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
         max_gap_ms=None if max_gap_s is None else int(max_gap_s * 1000),
         threshold_margin=threshold_margin, false_alarm_target=false_alarm_target,
-        torch_threads=torch_threads, sample_budget=sample_budget,
+        contamination=contamination, torch_threads=torch_threads, sample_budget=sample_budget,
     )

@@ -82,6 +82,15 @@ def test_false_alarm_target_sets_the_threshold(model_dir, tmp_path):
     assert loose["threshold"]["false_alarm_target"] == pytest.approx(0.02)
 
 
+def test_contamination_is_a_train_flag_stored_in_the_artifact(model_dir, tmp_path):
+    """``--contamination 0`` (nothing set aside) never gives a lower threshold than the default."""
+    off, default = retrained(model_dir, tmp_path / "off", "--contamination", "0")
+    assert off["hyperparameters"]["contamination"] == 0.0
+    assert default["hyperparameters"]["contamination"] == pytest.approx(0.1)
+    assert off["threshold"]["value"] >= default["threshold"]["value"]
+    assert "set aside" not in off["threshold"]["rule"]
+
+
 def test_score_gives_one_row_per_input_row(model_dir, tmp_path):
     data = write_series(tmp_path / "live.csv", n=120, seed=5, spike_at=60)
     out = tmp_path / "scores.csv"
@@ -162,6 +171,8 @@ def run_cli(*args):
          "nope"),
         (["train", "--data", "{normal}", "--out", "{tmp}/m", "--false-alarm-target", "0"],
          "--false-alarm-target"),
+        (["train", "--data", "{normal}", "--out", "{tmp}/m", "--contamination", "0.5"],
+         "--contamination must lie in [0, 0.5)"),
         # argparse's own errors: a value of the wrong type, a missing flag, an unknown command
         (["train", "--data", "{normal}", "--out", "{tmp}/m", "--false-alarm-target", "abc"],
          "--false-alarm-target: invalid float value: 'abc'"),

@@ -10,7 +10,9 @@ import pytest
 
 from bench.quality import target_check
 from detector.artifact import ArtifactError, load_artifact
-from training.calibration import false_alarm_target, fit_threshold, tail_scale
+from training.calibration import (
+    FLOOR_STEP, false_alarm_target, fit_threshold, stretch_peaks, tail_scale,
+)
 from training.trainer import TrainConfig, train
 
 TARGET = TrainConfig().false_alarm_target
@@ -138,3 +140,98 @@ def test_a_target_above_what_the_held_back_windows_can_show_keeps_their_maximum(
     scores = np.random.default_rng(4).normal(size=100)
     threshold = fit_threshold(scores, 32, 0.5)  # 4 stretches: at best 1/5
     assert threshold.value == scores.max() and threshold.false_alarm_target == pytest.approx(0.2)
+
+
+# -- incidents in the training rows (contamination) --------------------------------------------
+
+CONTAMINATION = TrainConfig().contamination
+
+
+def contaminated(rng, n: int, incidents: int, height: float = 15.0) -> np.ndarray:
+    """``n`` exponential held-back scores (window 1) with ``incidents`` of them lifted."""
+    scores = rng.exponential(size=n)
+    scores[rng.choice(n, incidents, replace=False)] += height
+    return scores
+
+
+def test_stretch_peaks_are_one_per_stretch_highest_first():
+    scores = np.array([0.0, 5.0, 4.9, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 6.0])
+    assert stretch_peaks(scores, 3, 10).tolist() == [6.0, 5.0, 3.0]  # every row within 2 of one
+    assert stretch_peaks(scores, 1, 3).tolist() == [6.0, 5.0, 4.9]
+    assert stretch_peaks(scores, 3, 1).tolist() == [6.0]
+
+
+def test_incidents_in_the_held_back_windows_are_set_aside_and_the_target_holds():
+    """A few held-back stretches hold incidents: the threshold without contamination lies above
+    them and misses them; with it, it lies below them and fresh normal scores exceed it about
+    as often as the target says."""
+    rng = np.random.default_rng(5)
+    rates, caught, missed = [], 0, 0
+    for _ in range(200):
+        held, fitted = contaminated(rng, 500, 10), rng.exponential(size=1500)
+        plain = fit_threshold(held, 1, TARGET, fit_scores=fitted)
+        robust = fit_threshold(held, 1, TARGET, contamination=CONTAMINATION, fit_scores=fitted)
+        missed += plain.value > 15.0
+        caught += robust.value < 15.0
+        rates.append(float(np.mean(rng.exponential(size=20_000) >= robust.value)))
+        assert robust.false_alarm_target <= TARGET * (1 + 1e-9)  # lower where the floor binds
+        assert "50 set aside as possible incidents" in robust.rule
+    assert missed == 200 and caught == 200
+    assert TARGET / 3 <= np.mean(rates) <= 2 * TARGET
+
+
+def test_on_clean_data_setting_aside_keeps_the_promise():
+    rng = np.random.default_rng(6)
+    plain, robust = [], []
+    for _ in range(200):
+        held, fitted, fresh = (rng.exponential(size=n) for n in (1000, 3000, 20_000))
+        plain.append(np.mean(fresh >= fit_threshold(held, 1, TARGET).value))
+        robust.append(np.mean(fresh >= fit_threshold(held, 1, TARGET, contamination=CONTAMINATION,
+                                                     fit_scores=fitted).value))
+    assert np.mean(robust) <= 1.3 * TARGET and np.mean(robust) <= 1.3 * np.mean(plain)
+
+
+def test_peaks_that_recur_in_the_fitted_windows_are_not_set_aside():
+    """A noise-free daily cycle whose hardest hour scores high once a day: the held-back days
+    are few, so the set-aside peaks would be those hours; the fitted days score them too, so the
+    threshold stays above them."""
+    day = np.concatenate([np.zeros(40), [5.0], np.zeros(7)]) + np.linspace(0, 1, 48)
+    held, fitted = np.tile(day, 3), np.tile(day, 10)
+    threshold = fit_threshold(held, 4, TARGET, contamination=0.2, fit_scores=fitted)
+    assert threshold.value >= fitted.max() + FLOOR_STEP * tail_scale(held)
+    assert not np.any(np.tile(day, 30) >= threshold.value)
+    alone = fit_threshold(held, 4, TARGET, contamination=0.2, fit_scores=np.zeros(10))
+    assert alone.value < 5.0  # without the fitted days, the hardest hours would be set aside
+
+
+def test_with_fewer_stretches_than_one_over_the_share_nothing_is_set_aside():
+    rng = np.random.default_rng(7)
+    held = contaminated(rng, 300, 2)  # window 32: 10 stretches, 0.1 x 10 = 1 may be set aside
+    fitted = rng.exponential(size=900)
+    few = held[:9 * 32]  # 9 stretches: none
+    assert (fit_threshold(few, 32, TARGET, contamination=0.1, fit_scores=fitted)
+            == fit_threshold(few, 32, TARGET))
+    assert fit_threshold(held, 32, TARGET, contamination=0.0, fit_scores=fitted) == \
+        fit_threshold(held, 32, TARGET)
+    assert fit_threshold(held, 32, TARGET, contamination=0.1).value == \
+        fit_threshold(held, 32, TARGET).value  # no fitted scores: no floor, nothing set aside
+
+
+def test_training_sets_incidents_aside_by_default_and_contamination_0_turns_it_off():
+    """The trainer hands the fitted windows' scores to the rule: a series whose held-back rows
+    hold a burst the fitted rows never show gets a threshold below the burst's peak."""
+    rng = np.random.default_rng(8)
+    n = 3000
+    values = np.sin(np.arange(n) / 5)[:, None] + 0.05 * rng.normal(size=(n, 1))
+    values[2700:2720, 0] += 3.0 * rng.normal(size=20)  # a noise burst in the held-back quarter
+    ts = 1000 * np.arange(n, dtype=np.int64)
+    common = dict(model="lstm-ae", window=16, epochs=2, hidden=8, latent=4, seed=0,
+                  sample_budget=4000)
+    default = train(ts, values, ["x"], TrainConfig(**common))
+    off = train(ts, values, ["x"], TrainConfig(**common, contamination=0.0))
+    assert default.threshold.value < off.threshold.value
+    assert "set aside as possible incidents" in default.threshold.rule
+    assert "set aside" not in off.threshold.rule
+    assert default.threshold.value > default.train_scores.max()
+    assert default.calib_scores.max() >= default.threshold.value  # the burst is flagged
+    assert off.calib_scores.max() < off.threshold.value  # and without it, it is not

@@ -10,6 +10,13 @@ stretches of one window length). Past that highest score the tail is taken as ex
 the scale of the held-back scores' upper half, so the threshold lies
 ``tail_scale x ln(1 / (a (k + 1)))`` above it. ``threshold_margin``, when set, replaces the target:
 the highest held-back score plus that many robust spreads, with the target it implies stored.
+
+Incidents in the training rows (``contamination``): up to that share of the held-back stretches
+may hold them, and their peaks would lift the threshold above the incidents themselves. The rule
+also anchors at the ``m + 1``-th highest stretch peak, ``m = floor(contamination x k)``, and takes
+the lower threshold, but never one at or below the highest score of the windows the model was
+fitted on: those are normal by assumption, so a held-back peak that recurs there (a daily cycle's
+hardest hour) is not set aside. With fewer than ``1 / contamination`` stretches ``m`` is 0.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from detector.term import (
     CriticTerm, ErrorTerm, FlatTerm, NoiseTerm, Parts, PeakTerm, WindowScore, robust_spread,
 )
 from training.config import TrainConfig
+
+# a lowered threshold stays this many tail scales above the highest fitted window's score, so
+# windows scoring the same (noise-free periodic data) stay below it
+FLOOR_STEP = 0.1
 
 
 def fit_score(held: Parts, seen: Parts, config: TrainConfig) -> WindowScore:
@@ -57,30 +68,77 @@ def stretches(n_windows: int, window: int) -> int:
     return max(1, -(-n_windows // max(window, 1)))
 
 
-def false_alarm_target(calib_scores: np.ndarray, value: float, window: int) -> float:
-    """The share of normal windows like the held-back ones that may score ``value`` or more."""
+def stretch_peaks(scores: np.ndarray, window: int, count: int) -> np.ndarray:
+    """The ``count`` highest peaks of ``scores``, highest first, no two within ``window`` windows
+    of each other (one peak per stretch of overlapping windows)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    taken = np.zeros(len(scores), dtype=bool)
+    peaks: list[float] = []
+    for i in np.argsort(scores, kind="stable")[::-1]:
+        if len(peaks) == count:
+            break
+        if not taken[max(0, i - window + 1):i + window].any():
+            taken[i] = True
+            peaks.append(float(scores[i]))
+    return np.asarray(peaks)
+
+
+def false_alarm_target(calib_scores: np.ndarray, value: float, window: int,
+                       set_aside: int = 0) -> float:
+    """The share of normal windows like the held-back ones that may score ``value`` or more
+    (anchored at the highest stretch peak after ``set_aside`` are set aside)."""
     calib_scores = np.asarray(calib_scores, dtype=np.float64)
-    beyond = max(float(value - calib_scores.max()), 0.0)
-    return math.exp(-beyond / tail_scale(calib_scores)) / (stretches(len(calib_scores), window) + 1)
+    anchor = stretch_peaks(calib_scores, window, set_aside + 1)[-1]
+    beyond = max(float(value - anchor), 0.0)
+    share = (set_aside + 1) / (stretches(len(calib_scores), window) + 1)
+    return min(share * math.exp(-beyond / tail_scale(calib_scores)), 1.0)
+
+
+def _set_aside(calib_scores: np.ndarray, fit_scores: np.ndarray | None, window: int,
+               target: float, contamination: float, value: float) -> tuple[float, int]:
+    """The threshold with the top ``floor(contamination x k)`` stretch peaks set aside, when that
+    is lower than ``value``, kept above every fitted window's score; and how many were set aside."""
+    k = stretches(len(calib_scores), window)
+    m = int(math.floor(contamination * k))
+    if m < 1 or fit_scores is None or len(fit_scores) == 0:
+        return value, 0
+    peaks = stretch_peaks(calib_scores, window, m + 1)
+    if len(peaks) <= m:
+        return value, 0
+    scale = tail_scale(calib_scores)
+    trimmed = peaks[m] + scale * max(math.log((m + 1) / (target * (k + 1))), 0.0)
+    floor = float(np.max(fit_scores)) + FLOOR_STEP * scale
+    lowered = max(trimmed, floor)
+    return (lowered, m) if lowered < value else (value, 0)
 
 
 def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
-                  margin: float | None = None) -> Threshold:
+                  margin: float | None = None, contamination: float = 0.0,
+                  fit_scores: np.ndarray | None = None) -> Threshold:
     """The threshold for false-alarm target ``target`` (or, with ``margin``, the highest held-back
-    score plus ``margin`` robust spreads), with the target it keeps and its rule in words."""
+    score plus ``margin`` robust spreads), with the target it keeps and its rule in words.
+    ``contamination`` > 0 with ``fit_scores`` (the fitted windows' scores) allows for incidents
+    in the held-back stretches (module docstring)."""
     calib_scores = np.asarray(calib_scores, dtype=np.float64)
     n, top = len(calib_scores), float(calib_scores.max())
     k = stretches(n, window)
+    set_aside = 0
     if margin is None:
         value = top + tail_scale(calib_scores) * max(math.log(1.0 / (target * (k + 1))), 0.0)
-        how = f"+ tail scale x ln(1 / ({target:g} x {k + 1}))"
+        how = f"max of {n} held-back normal window scores ({k} stretches of {window}) "
+        how += f"+ tail scale x ln(1 / ({target:g} x {k + 1}))"
+        value, set_aside = _set_aside(calib_scores, fit_scores, window, target, contamination,
+                                      value)
+        if set_aside:
+            how = (f"peak {set_aside + 1} of {k} held-back stretches of {window} ({set_aside} set "
+                   f"aside as possible incidents, contamination {contamination:g}) + tail scale x "
+                   f"ln({set_aside + 1} / ({target:g} x {k + 1})), above every fitted window")
     else:
         value = top + margin * robust_spread(calib_scores)
-        how = f"+ {margin} x their robust spread (IQR/1.349)"
-    kept = false_alarm_target(calib_scores, value, window)
-    rule = (f"max of {n} held-back normal window scores ({k} stretches of {window}) {how}; "
-            f"false-alarm target {kept:.2g} of normal windows")
-    return Threshold(value, rule, kept)
+        how = (f"max of {n} held-back normal window scores ({k} stretches of {window}) "
+               f"+ {margin} x their robust spread (IQR/1.349)")
+    kept = false_alarm_target(calib_scores, value, window, set_aside)
+    return Threshold(value, f"{how}; false-alarm target {kept:.2g} of normal windows", kept)
 
 
 def calibrate(
@@ -90,10 +148,16 @@ def calibrate(
     """Return the fitted score, the threshold, and the scores of the fitting and held-back
     windows (one forward pass over each)."""
     fit_parts, held = detector.parts(fit_windows), detector.parts(calib_windows)
-    seen = Parts.concat([fit_parts, held], detector.window, len(detector.channels))
+    return calibrate_parts(fit_parts, held, config, len(detector.channels))
+
+
+def calibrate_parts(fit_parts: Parts, held: Parts, config: TrainConfig, n_channels: int
+                    ) -> tuple[WindowScore, Threshold, np.ndarray, np.ndarray]:
+    """``calibrate`` on the components of the fitting and held-back windows."""
+    seen = Parts.concat([fit_parts, held], config.window, n_channels)
     score = fit_score(held, seen, config)
     calib_scores = score.score(held).scores
     train_scores = score.score(fit_parts).scores
     threshold = fit_threshold(calib_scores, config.window, config.false_alarm_target,
-                              config.threshold_margin)
+                              config.threshold_margin, config.contamination, train_scores)
     return score, threshold, train_scores, calib_scores

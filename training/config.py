@@ -37,6 +37,8 @@ class TrainConfig:
     false_alarm_target: float = 1e-3
     # instead of the target: threshold = max held-back score + margin * their robust spread
     threshold_margin: float | None = None
+    # the share of held-back stretches that may hold incidents (training.calibration); 0 = none
+    contamination: float = 0.1
     slow_autocorr: float = 0.7  # channels with lag-1 autocorrelation above this are centred
     level_r2: float = 0.9  # slow channels the others predict this well keep a relative level
     center_inputs: bool = True  # the encoder sees shapes only (see detector.model.prepare_windows)
