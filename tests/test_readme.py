@@ -78,6 +78,7 @@ TRAINING_DEFAULTS = [
     (r"\(`peak_margin` = ln (\d+)\)", "peak_margin", math.exp),
     (r"`--false-alarm-target`, default ([\d.]+)", "false_alarm_target", None),
     (r"\(one normal window in ([\d,]+)\)", "false_alarm_target", lambda v: f"{round(1 / v):,}"),
+    (r"\(`--contamination`, default ([\d.]+)\)", "contamination", None),
     (r"([\d,]+) windows over all epochs", "sample_budget", lambda v: f"{v:,}"),
     (r"`--torch-threads` \(default (\d+)\)", "torch_threads", None),
     (r"on by default: `(channel_norm)`", "channel_norm", lambda on: "channel_norm" if on else None),
