@@ -199,9 +199,29 @@ def test_peaks_that_recur_in_the_fitted_windows_are_not_set_aside():
     held, fitted = np.tile(day, 3), np.tile(day, 10)
     threshold = fit_threshold(held, 4, TARGET, contamination=0.2, fit_scores=fitted)
     assert threshold.value >= fitted.max() + FLOOR_STEP * tail_scale(held)
+    once = fit_threshold(held, 4, TARGET, contamination=0.2, fit_scores=fitted[:60])
+    assert once.value < 5.0  # one fitted day: its hardest hour may be an incident
     assert not np.any(np.tile(day, 30) >= threshold.value)
     alone = fit_threshold(held, 4, TARGET, contamination=0.2, fit_scores=np.zeros(10))
     assert alone.value < 5.0  # without the fitted days, the hardest hours would be set aside
+
+
+def test_one_incident_in_the_fitted_windows_does_not_hold_the_threshold_up():
+    """Orion's protocol fits on incidents too: the fitted rows' single highest peak is let go, so a
+    held-back incident below it is still flagged; a second fitted peak as high is normal."""
+    rng = np.random.default_rng(11)
+    held = rng.exponential(size=2000)
+    held[1000:1004] += 12.0  # a held-back incident
+    fitted = rng.exponential(size=6000)
+    fitted[3000:3004] += 16.0  # a fitted-rows incident, higher
+    threshold = fit_threshold(held, 32, TARGET, contamination=0.1, fit_scores=fitted)
+    assert fitted[3000:3004].max() > held[1000:1004].max() >= threshold.value
+    assert threshold.value > np.sort(stretch_peaks(fitted, 32, 2))[0]
+    assert "above all but the highest fitted stretch" in threshold.rule
+    twice = fitted.copy()
+    twice[5000:5004] += 16.0  # the same peak again: normal, so nothing is set aside
+    again = fit_threshold(held, 32, TARGET, contamination=0.1, fit_scores=twice)
+    assert again == fit_threshold(held, 32, TARGET) and again.value > held.max()
 
 
 def test_with_fewer_stretches_than_one_over_the_share_nothing_is_set_aside():

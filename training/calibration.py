@@ -14,9 +14,10 @@ the highest held-back score plus that many robust spreads, with the target it im
 Incidents in the training rows (``contamination``): up to that share of the held-back stretches
 may hold them, and their peaks would lift the threshold above the incidents themselves. The rule
 also anchors at the ``m + 1``-th highest stretch peak, ``m = floor(contamination x k)``, and takes
-the lower threshold, but never one at or below the highest score of the windows the model was
-fitted on: those are normal by assumption, so a held-back peak that recurs there (a daily cycle's
-hardest hour) is not set aside. With fewer than ``1 / contamination`` stretches ``m`` is 0.
+the lower threshold, but never one at or below the second-highest stretch peak of the windows the
+model was fitted on. Those rows may hold an incident too (its highest peak is let go), but a
+held-back peak that recurs there (a daily cycle's hardest hour) is normal, so it is not set aside.
+With fewer than ``1 / contamination`` stretches ``m`` is 0.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from detector.term import (
 )
 from training.config import TrainConfig
 
-# a lowered threshold stays this many tail scales above the highest fitted window's score, so
-# windows scoring the same (noise-free periodic data) stay below it
+# a lowered threshold stays this many tail scales above the fitted windows' stretch peak number
+# FIT_SET_ASIDE + 1, so windows scoring the same (noise-free periodic data) stay below it
 FLOOR_STEP = 0.1
+FIT_SET_ASIDE = 1  # the fitted rows' highest stretch peaks that may be an incident
 
 
 def fit_score(held: Parts, seen: Parts, config: TrainConfig) -> WindowScore:
@@ -94,10 +96,19 @@ def false_alarm_target(calib_scores: np.ndarray, value: float, window: int,
     return min(share * math.exp(-beyond / tail_scale(calib_scores)), 1.0)
 
 
+def fit_floor(fit_scores: np.ndarray, window: int) -> float:
+    """The fitted windows' stretch peak number ``FIT_SET_ASIDE + 1`` (their highest one when
+    there are no more stretches): a peak found once in the fitted rows may be an incident, one
+    that recurs is normal."""
+    peaks = stretch_peaks(fit_scores, window, FIT_SET_ASIDE + 1)
+    return float(peaks[-1])
+
+
 def _set_aside(calib_scores: np.ndarray, fit_scores: np.ndarray | None, window: int,
                target: float, contamination: float, value: float) -> tuple[float, int]:
     """The threshold with the top ``floor(contamination x k)`` stretch peaks set aside, when that
-    is lower than ``value``, kept above every fitted window's score; and how many were set aside."""
+    is lower than ``value``, kept above all but the fitted windows' highest stretch peak
+    (``fit_floor``); and how many were set aside."""
     k = stretches(len(calib_scores), window)
     m = int(math.floor(contamination * k))
     if m < 1 or fit_scores is None or len(fit_scores) == 0:
@@ -107,7 +118,7 @@ def _set_aside(calib_scores: np.ndarray, fit_scores: np.ndarray | None, window: 
         return value, 0
     scale = tail_scale(calib_scores)
     trimmed = peaks[m] + scale * max(math.log((m + 1) / (target * (k + 1))), 0.0)
-    floor = float(np.max(fit_scores)) + FLOOR_STEP * scale
+    floor = fit_floor(fit_scores, window) + FLOOR_STEP * scale
     lowered = max(trimmed, floor)
     return (lowered, m) if lowered < value else (value, 0)
 
@@ -132,7 +143,7 @@ def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
         if set_aside:
             how = (f"peak {set_aside + 1} of {k} held-back stretches of {window} ({set_aside} set "
                    f"aside as possible incidents, contamination {contamination:g}) + tail scale x "
-                   f"ln({set_aside + 1} / ({target:g} x {k + 1})), above every fitted window")
+                   f"ln({set_aside + 1} / ({target:g} x {k + 1})), above all but the highest fitted stretch")
     else:
         value = top + margin * robust_spread(calib_scores)
         how = (f"max of {n} held-back normal window scores ({k} stretches of {window}) "
