@@ -143,7 +143,8 @@ def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
         if set_aside:
             how = (f"peak {set_aside + 1} of {k} held-back stretches of {window} ({set_aside} set "
                    f"aside as possible incidents, contamination {contamination:g}) + tail scale x "
-                   f"ln({set_aside + 1} / ({target:g} x {k + 1})), above all but the highest fitted stretch")
+                   f"ln({set_aside + 1} / ({target:g} x {k + 1})), above all but the highest "
+                   "fitted stretch")
     else:
         value = top + margin * robust_spread(calib_scores)
         how = (f"max of {n} held-back normal window scores ({k} stretches of {window}) "
