@@ -37,6 +37,8 @@ from detector.score import ScoreBatch, shares
 
 LOG10 = float(np.log(10.0))
 LOG15 = float(np.log(1.5))
+# float32 rounding moves an output by about 1e-7 of its size: spreads stay 100 x above that
+RESOLUTION = 1e-5
 NORMALISER_KEYS = ("rec_center", "rec_scale", "bias_weight", "channel_scale", "critic_center",
                    "critic_scale", "critic_weight", "flat_floor", "flat_scale", "flat_weight",
                    "flat_margin", "noise_ceiling", "noise_scale", "noise_weight", "noise_margin",
@@ -45,12 +47,13 @@ NORMALISER_KEYS = ("rec_center", "rec_scale", "bias_weight", "channel_scale", "c
 
 def robust_spread(x: np.ndarray) -> float:
     """IQR / 1.349 (the standard deviation for Gaussian data), falling back to the standard
-    deviation, never below a tiny positive value."""
+    deviation, never below ``RESOLUTION`` x the values' size (at least 1): the network computes in
+    float32, so on constant data the spread is rounding, which must not read as a departure."""
     q25, q75 = np.percentile(x, [25, 75])
     spread = (q75 - q25) / 1.349
     if not spread > 0:
         spread = float(np.std(x))
-    return float(max(spread, 1e-9))
+    return float(max(spread, RESOLUTION * max(1.0, float(np.median(np.abs(x))))))
 
 
 def _spreads(x: np.ndarray) -> tuple[float, ...]:

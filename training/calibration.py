@@ -6,9 +6,10 @@ Each term of the score (``detector.term``) fits its own statistics on the held-b
 The threshold is set by a false-alarm target: the share ``a`` of normal windows, like the held-back
 ones, that may score at or above it. A new window beats the highest of ``k`` independent stretches
 of held-back windows with probability ``1 / (k + 1)`` (the windows overlap, so ``k`` counts
-stretches of one window length). Past that highest score the tail is taken as exponential, with
-the scale of the held-back scores' upper half, so the threshold lies
-``tail_scale x ln(1 / (a (k + 1)))`` above it. ``threshold_margin``, when set, replaces the target:
+stretches of one window length). Past that highest score the tail is taken as exponential, so
+the threshold lies ``tail_scale x ln(1 / (a (k + 1)))`` above it. The scale is fitted on the upper
+half of the stretch peaks when there are at least ``PEAK_TAIL_STRETCHES`` stretches (the peaks
+follow the far tail), else on the upper half of the window scores (too few peaks to fit). ``threshold_margin``, when set, replaces the target:
 the highest held-back score plus that many robust spreads, with the target it implies stored.
 
 Incidents in the training rows (``contamination``): up to that share of the held-back stretches
@@ -37,6 +38,9 @@ from training.config import TrainConfig
 # FIT_SET_ASIDE + 1, so windows scoring the same (noise-free periodic data) stay below it
 FLOOR_STEP = 0.1
 FIT_SET_ASIDE = 1  # the fitted rows' highest stretch peaks that may be an incident
+PEAK_TAIL_STRETCHES = 20  # from this many held-back stretches on, the tail is fitted on their peaks
+# the smallest tail scale, in score units (robust spreads): closer scores differ by rounding only
+MIN_TAIL = 0.01
 
 
 def fit_score(held: Parts, seen: Parts, config: TrainConfig) -> WindowScore:
@@ -56,13 +60,26 @@ def fit_score(held: Parts, seen: Parts, config: TrainConfig) -> WindowScore:
     return WindowScore(error, critic, flat, peak, noise)
 
 
-def tail_scale(scores: np.ndarray) -> float:
-    """Scale of an exponential tail fitted to the upper half of ``scores``: the median excess
-    over their median, divided by ln 2 (the median of an exponential); never below a tiny value."""
+def tail_scale(scores: np.ndarray, window: int = 1, set_aside: int = 0) -> float:
+    """Scale of the exponential tail past ``scores``: the median excess of their upper half over
+    their median, divided by ln 2 (the median of an exponential). With ``PEAK_TAIL_STRETCHES`` or
+    more stretches of ``window``, fitted on the stretch peaks (less the ``set_aside`` highest,
+    which may be incidents): they follow the far tail, where the threshold lies, while the window
+    scores' upper half follows the body, which light tails (a Gaussian's) make too wide. With fewer
+    stretches there are too few peaks to fit. Never below ``MIN_TAIL`` score units."""
     scores = np.asarray(scores, dtype=np.float64)
+    k = stretches(len(scores), window)
+    if k >= PEAK_TAIL_STRETCHES:
+        scores = stretch_peaks(scores, window, k)[set_aside:]
     excess = scores[scores > np.median(scores)] - np.median(scores)
     scale = float(np.median(excess)) / math.log(2) if len(excess) else 0.0
-    return max(scale, 1e-9)
+    return max(scale, MIN_TAIL)
+
+
+def _tail(calib_scores: np.ndarray, window: int, contamination: float) -> float:
+    """``tail_scale`` of held-back scores, the stretches ``contamination`` allows set aside."""
+    k = stretches(len(calib_scores), window)
+    return tail_scale(calib_scores, window, int(math.floor(contamination * k)))
 
 
 def stretches(n_windows: int, window: int) -> int:
@@ -86,14 +103,15 @@ def stretch_peaks(scores: np.ndarray, window: int, count: int) -> np.ndarray:
 
 
 def false_alarm_target(calib_scores: np.ndarray, value: float, window: int,
-                       set_aside: int = 0) -> float:
+                       set_aside: int = 0, contamination: float = 0.0) -> float:
     """The share of normal windows like the held-back ones that may score ``value`` or more
-    (anchored at the highest stretch peak after ``set_aside`` are set aside)."""
+    (anchored at the highest stretch peak after ``set_aside`` are set aside; ``contamination``
+    as for the threshold, for the tail scale)."""
     calib_scores = np.asarray(calib_scores, dtype=np.float64)
     anchor = stretch_peaks(calib_scores, window, set_aside + 1)[-1]
     beyond = max(float(value - anchor), 0.0)
     share = (set_aside + 1) / (stretches(len(calib_scores), window) + 1)
-    return min(share * math.exp(-beyond / tail_scale(calib_scores)), 1.0)
+    return min(share * math.exp(-beyond / _tail(calib_scores, window, contamination)), 1.0)
 
 
 def fit_floor(fit_scores: np.ndarray, window: int) -> float:
@@ -116,7 +134,7 @@ def _set_aside(calib_scores: np.ndarray, fit_scores: np.ndarray | None, window: 
     peaks = stretch_peaks(calib_scores, window, m + 1)
     if len(peaks) <= m:
         return value, 0
-    scale = tail_scale(calib_scores)
+    scale = _tail(calib_scores, window, contamination)
     trimmed = peaks[m] + scale * max(math.log((m + 1) / (target * (k + 1))), 0.0)
     floor = fit_floor(fit_scores, window) + FLOOR_STEP * scale
     lowered = max(trimmed, floor)
@@ -135,7 +153,8 @@ def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
     k = stretches(n, window)
     set_aside = 0
     if margin is None:
-        value = top + tail_scale(calib_scores) * max(math.log(1.0 / (target * (k + 1))), 0.0)
+        value = top + _tail(calib_scores, window, contamination) * max(
+            math.log(1.0 / (target * (k + 1))), 0.0)
         how = f"max of {n} held-back normal window scores ({k} stretches of {window}) "
         how += f"+ tail scale x ln(1 / ({target:g} x {k + 1}))"
         value, set_aside = _set_aside(calib_scores, fit_scores, window, target, contamination,
@@ -145,11 +164,13 @@ def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
                    f"aside as possible incidents, contamination {contamination:g}) + tail scale x "
                    f"ln({set_aside + 1} / ({target:g} x {k + 1})), above all but the highest "
                    "fitted stretch")
+        if k >= PEAK_TAIL_STRETCHES:
+            how += ", the tail fitted on the stretch peaks"
     else:
         value = top + margin * robust_spread(calib_scores)
         how = (f"max of {n} held-back normal window scores ({k} stretches of {window}) "
                f"+ {margin} x their robust spread (IQR/1.349)")
-    kept = false_alarm_target(calib_scores, value, window, set_aside)
+    kept = false_alarm_target(calib_scores, value, window, set_aside, contamination)
     return Threshold(value, f"{how}; false-alarm target {kept:.2g} of normal windows", kept)
 
 
