@@ -9,8 +9,9 @@ of held-back windows with probability ``1 / (k + 1)`` (the windows overlap, so `
 stretches of one window length). Past that highest score the tail is taken as exponential, so
 the threshold lies ``tail_scale x ln(1 / (a (k + 1)))`` above it. The scale is fitted on the upper
 half of the stretch peaks when there are at least ``PEAK_TAIL_STRETCHES`` stretches (the peaks
-follow the far tail), else on the upper half of the window scores (too few peaks to fit). ``threshold_margin``, when set, replaces the target:
-the highest held-back score plus that many robust spreads, with the target it implies stored.
+follow the far tail), else on the upper half of the window scores (too few peaks to fit).
+``threshold_margin``, when set, replaces the target: the highest held-back score plus that many
+robust spreads, with the target it implies stored.
 
 Incidents in the training rows (``contamination``): up to that share of the held-back stretches
 may hold them, and their peaks would lift the threshold above the incidents themselves. The rule
@@ -103,15 +104,18 @@ def stretch_peaks(scores: np.ndarray, window: int, count: int) -> np.ndarray:
 
 
 def false_alarm_target(calib_scores: np.ndarray, value: float, window: int,
-                       set_aside: int = 0, contamination: float = 0.0) -> float:
+                       set_aside: int = 0, contamination: float = 0.0,
+                       scale: float | None = None) -> float:
     """The share of normal windows like the held-back ones that may score ``value`` or more
     (anchored at the highest stretch peak after ``set_aside`` are set aside; ``contamination``
-    as for the threshold, for the tail scale)."""
+    as for the threshold, for the tail scale, unless ``scale`` gives it)."""
     calib_scores = np.asarray(calib_scores, dtype=np.float64)
     anchor = stretch_peaks(calib_scores, window, set_aside + 1)[-1]
     beyond = max(float(value - anchor), 0.0)
     share = (set_aside + 1) / (stretches(len(calib_scores), window) + 1)
-    return min(share * math.exp(-beyond / _tail(calib_scores, window, contamination)), 1.0)
+    if scale is None:
+        scale = _tail(calib_scores, window, contamination)
+    return min(share * math.exp(-beyond / scale), 1.0)
 
 
 def fit_floor(fit_scores: np.ndarray, window: int) -> float:
@@ -123,7 +127,8 @@ def fit_floor(fit_scores: np.ndarray, window: int) -> float:
 
 
 def _set_aside(calib_scores: np.ndarray, fit_scores: np.ndarray | None, window: int,
-               target: float, contamination: float, value: float) -> tuple[float, int]:
+               target: float, contamination: float, value: float, scale: float
+               ) -> tuple[float, int]:
     """The threshold with the top ``floor(contamination x k)`` stretch peaks set aside, when that
     is lower than ``value``, kept above all but the fitted windows' highest stretch peak
     (``fit_floor``); and how many were set aside."""
@@ -134,7 +139,6 @@ def _set_aside(calib_scores: np.ndarray, fit_scores: np.ndarray | None, window: 
     peaks = stretch_peaks(calib_scores, window, m + 1)
     if len(peaks) <= m:
         return value, 0
-    scale = _tail(calib_scores, window, contamination)
     trimmed = peaks[m] + scale * max(math.log((m + 1) / (target * (k + 1))), 0.0)
     floor = fit_floor(fit_scores, window) + FLOOR_STEP * scale
     lowered = max(trimmed, floor)
@@ -152,13 +156,13 @@ def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
     n, top = len(calib_scores), float(calib_scores.max())
     k = stretches(n, window)
     set_aside = 0
+    scale = _tail(calib_scores, window, contamination)  # once: the peaks take a pass over all
     if margin is None:
-        value = top + _tail(calib_scores, window, contamination) * max(
-            math.log(1.0 / (target * (k + 1))), 0.0)
+        value = top + scale * max(math.log(1.0 / (target * (k + 1))), 0.0)
         how = f"max of {n} held-back normal window scores ({k} stretches of {window}) "
         how += f"+ tail scale x ln(1 / ({target:g} x {k + 1}))"
         value, set_aside = _set_aside(calib_scores, fit_scores, window, target, contamination,
-                                      value)
+                                      value, scale)
         if set_aside:
             how = (f"peak {set_aside + 1} of {k} held-back stretches of {window} ({set_aside} set "
                    f"aside as possible incidents, contamination {contamination:g}) + tail scale x "
@@ -170,7 +174,7 @@ def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
         value = top + margin * robust_spread(calib_scores)
         how = (f"max of {n} held-back normal window scores ({k} stretches of {window}) "
                f"+ {margin} x their robust spread (IQR/1.349)")
-    kept = false_alarm_target(calib_scores, value, window, set_aside, contamination)
+    kept = false_alarm_target(calib_scores, value, window, set_aside, scale=scale)
     return Threshold(value, f"{how}; false-alarm target {kept:.2g} of normal windows", kept)
 
 
