@@ -72,7 +72,8 @@ def tail_scale(scores: np.ndarray, window: int = 1, set_aside: int = 0) -> float
     k = stretches(len(scores), window)
     if k >= PEAK_TAIL_STRETCHES:
         scores = stretch_peaks(scores, window, k)[set_aside:]
-    excess = scores[scores > np.median(scores)] - np.median(scores)
+    median = np.median(scores)
+    excess = scores[scores > median] - median
     scale = float(np.median(excess)) / math.log(2) if len(excess) else 0.0
     return max(scale, MIN_TAIL)
 
@@ -104,17 +105,16 @@ def stretch_peaks(scores: np.ndarray, window: int, count: int) -> np.ndarray:
 
 
 def false_alarm_target(calib_scores: np.ndarray, value: float, window: int,
-                       set_aside: int = 0, contamination: float = 0.0,
-                       scale: float | None = None) -> float:
+                       set_aside: int = 0, scale: float | None = None) -> float:
     """The share of normal windows like the held-back ones that may score ``value`` or more
-    (anchored at the highest stretch peak after ``set_aside`` are set aside; ``contamination``
-    as for the threshold, for the tail scale, unless ``scale`` gives it)."""
+    (anchored at the highest stretch peak after ``set_aside`` are set aside; the tail scale is
+    ``scale``, by default ``tail_scale`` of these scores)."""
     calib_scores = np.asarray(calib_scores, dtype=np.float64)
     anchor = stretch_peaks(calib_scores, window, set_aside + 1)[-1]
     beyond = max(float(value - anchor), 0.0)
     share = (set_aside + 1) / (stretches(len(calib_scores), window) + 1)
     if scale is None:
-        scale = _tail(calib_scores, window, contamination)
+        scale = tail_scale(calib_scores, window)
     return min(share * math.exp(-beyond / scale), 1.0)
 
 
