@@ -26,6 +26,7 @@ VARIANTS: dict[str, dict] = {
     "no spike term": {"peak_weight": 0.0},
     "no sustained-offset part": {"bias_weight": 0.0},
     "no per-channel units": {"channel_norm": False},
+    "no seasonal term": {"season_weight": 0.0},
 }
 
 
@@ -33,13 +34,18 @@ def variants(result: TrainResult, config: TrainConfig, ts_ms: np.ndarray, values
              names: tuple[str, ...] = tuple(VARIANTS)) -> dict[str, tuple[LstmGanDetector, Threshold]]:
     """(detector, threshold) per variant for a model trained on these rows with ``config``."""
     detector = result.detector(version="ablation", device="cpu")
-    windows, ends, _ = make_windows(ts_ms, values, config.window, result.max_gap_ms)
+    windows, ends, _, times = make_windows(ts_ms, values, config.window, result.max_gap_ms)
     n_fit = int(round(len(values) * (1 - config.calib_fraction)))
-    fit_parts, held = detector.parts(windows[ends < n_fit]), detector.parts(windows[ends >= n_fit])
+    fit, held = ends < n_fit, ends >= n_fit
+    fit_parts = detector.parts(windows[fit], times[fit])
+    held_parts = detector.parts(windows[held], times[held])
     out = {}
     for name in names:
         changed = replace(config, **VARIANTS[name])
-        score, threshold, _, _ = calibrate_parts(fit_parts, held, changed, len(detector.channels))
-        out[name] = (LstmGanDetector(result.networks, result.spec.calibrated(score), name, "cpu"),
-                     threshold)
+        score, threshold, _, _ = calibrate_parts(fit_parts, held_parts, changed,
+                                                 len(detector.channels))
+        # with the seasonal term off the model no longer reads the time of day or week
+        season = result.spec.season if score.season is not None else None
+        spec = replace(result.spec, score=score, season=season)
+        out[name] = (LstmGanDetector(result.networks, spec, name, "cpu"), threshold)
     return out

@@ -60,15 +60,25 @@ def stack(windows: Sequence[WindowRef]) -> np.ndarray:
     return np.stack([w.values for w in windows])
 
 
+def stack_ts(windows: Sequence[WindowRef]) -> np.ndarray:
+    """The windows' reading timestamps, (n, window) int64, for a detector that ``needs_time``."""
+    return np.stack([w.row_ts for w in windows]).astype(np.int64)
+
+
 def score_stacked(
     detector: Detector, stacked: np.ndarray, chunk: int, metrics: Metrics,
+    ts_ms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (n,) and contributions (n, channels) of stacked windows, ``chunk`` per call."""
+    """Scores (n,) and contributions (n, channels) of stacked windows, ``chunk`` per call;
+    ``ts_ms`` (n, window): the readings' timestamps, for a detector that ``needs_time``."""
     scores, contributions = [], []
     for i in range(0, len(stacked), chunk):
         part = stacked[i : i + chunk]
         started = time.perf_counter()
-        result = detector.score(part)
+        if ts_ms is None:
+            result = detector.score(part)
+        else:
+            result = detector.score(part, ts_ms=ts_ms[i : i + chunk])
         metrics.observe("scoring_seconds", time.perf_counter() - started)
         if np.shape(result.scores) != (len(part),):
             raise ValueError(f"detector returned {np.shape(result.scores)} scores for {len(part)}")

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from detector.alert import (
-    AlertContext, encode, make_alerts, score_record, score_stacked, stack, verdicts,
+    AlertContext, encode, make_alerts, score_record, score_stacked, stack, stack_ts, verdicts,
 )
 from detector.baseline import centre_windows
 from detector.message import (
@@ -35,7 +35,7 @@ from detector.message import (
 )
 from detector.metric import Metrics
 from detector.protocol import Message, Sink, StateStore
-from detector.score import Detector, Threshold
+from detector.score import Detector, Threshold, needs_time
 from detector.stream import EntityState, StreamConfig, WindowRef, advance
 
 # What one successful attempt did, as (metric, labels) -> amount; reported once the batch succeeds
@@ -77,6 +77,7 @@ class Prepared:
     rejects: list[Rejection]
     outcome: Outcome
     carried: set[str] = field(default_factory=set)  # taken over from the previous batch
+    stacked_ts: np.ndarray | None = None  # (n, window) reading times, if the detector needs_time
     stale: set[str] = field(default_factory=set)  # another worker saved them: load, don't carry
 
     def carry(self) -> dict[str, EntityState]:
@@ -136,10 +137,11 @@ def prepare(
         stacked = stack(windows) if windows else np.empty((0, 0, 0))  # here: overlapped when pipelined
         # a fleet model judges each entity against its own operating point (detector.baseline)
         stacked = centre_windows(detector, stacked, [w.entity for w in windows])
+        stacked_ts = stack_ts(windows) if windows and needs_time(detector) else None
     except Exception as exc:
         raise StageFailed(stage, exc) from exc
     return Prepared(detector, threshold, states, changed, windows, stacked, rejects, outcome,
-                    carried={e for e in by_entity if e in carried})
+                    carried={e for e in by_entity if e in carried}, stacked_ts=stacked_ts)
 
 
 Scored = tuple[np.ndarray, np.ndarray]  # scores (n,), contributions (n, channels)
@@ -149,7 +151,8 @@ def score_batch(prepared: Prepared, max_batch: int, metrics: Metrics) -> Scored:
     """Score every window of the batch; safe to run on another thread. Only the scoring happens
     here: the pipelined worker's next batch waits for it to return."""
     try:
-        return score_stacked(prepared.detector, prepared.stacked, max_batch, metrics)
+        return score_stacked(prepared.detector, prepared.stacked, max_batch, metrics,
+                             prepared.stacked_ts)
     except Exception as exc:
         raise StageFailed("score", exc) from exc
 

@@ -2,8 +2,10 @@
 ``detector.term.WindowScore`` (reconstruction error, critic output, stuck sensors, spikes).
 
 ``ModelSpec`` is the model's own description, everything but the weights: channels, network shape,
-scaler, which channels are judged by shape (slow) and how, the fitted score and, for a model trained
-on a fleet, each trained entity's baseline (``detector.baseline``). It is what
+scaler, which channels are judged by shape (slow) and how, the fitted score, the daily or weekly
+profile where training found one (``detector.season``: such a model needs each reading's
+timestamp) and, for a model trained on a fleet, each trained entity's baseline
+(``detector.baseline``). It is what
 ``model.json`` stores, read and written in one place (``ModelSpec.meta``, ``ModelSpec.from_meta``).
 Every statistic is frozen at training time, never taken from the batch being scored, so a window
 scores the same alone or in any batch.
@@ -22,11 +24,13 @@ from detector.level import LevelModel
 from detector.network import Networks, NetworkShape
 from detector.scaler import StandardScaler
 from detector.score import ScoreBatch
+from detector.season import SeasonProfile
 from detector.term import Parts, WindowScore
 
 
 FLAT_EPS = 1e-3  # in scaled units: variation below this counts as a flat line
 CPU_CHUNK, GPU_CHUNK = 512, 8192  # windows per forward pass (see LstmGanDetector)
+SEASON_KEY = "season_profile"
 
 
 def variation(scaled: np.ndarray) -> np.ndarray:
@@ -94,6 +98,7 @@ class ModelSpec:
     score: WindowScore | None = None
     # a fleet model's operating points: windows reach it centred (detector.baseline.centre_windows)
     baselines: EntityBaselines | None = None
+    season: SeasonProfile | None = None  # time of day or week, where training found a cycle
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -104,6 +109,10 @@ class ModelSpec:
             self.score.check(len(self.channels))
         if self.baselines is not None and self.baselines.values.shape[1] != len(self.channels):
             raise ValueError("entity baselines and channels disagree in size")
+        if self.season is not None and self.season.profile.shape[1] != len(self.channels):
+            raise ValueError("season profile and channels disagree in size")
+        if self.season is not None and self.score is not None and self.score.season is None:
+            raise ValueError("a season profile needs the score's seasonal term")
 
     def calibrated(self, score: WindowScore) -> "ModelSpec":
         return replace(self, score=score)
@@ -126,6 +135,8 @@ class ModelSpec:
             meta["level_model"] = self.level.to_dict()
         if self.baselines is not None:
             meta[BASELINES_KEY] = self.baselines.to_dict()
+        if self.season is not None:
+            meta[SEASON_KEY] = self.season.to_dict()
         return meta
 
     @classmethod
@@ -145,10 +156,15 @@ class ModelSpec:
         baselines = None
         if BASELINES_KEY in meta:
             baselines = EntityBaselines.from_dict(meta[BASELINES_KEY], shape.n_channels)
+        season = None
+        if SEASON_KEY in meta:
+            season = SeasonProfile.from_dict(meta[SEASON_KEY], shape.n_channels)
+        score = WindowScore.from_dict(meta["score_normaliser"])
+        if (season is None) != (score.season is None):
+            raise ValueError(f"{SEASON_KEY} and the score's seasonal term come together")
         return cls(channels, shape, StandardScaler.from_dict(meta["scaler"]),
                    np.isin(channels, meta.get("slow_channels", [])),
-                   bool(meta.get("center_inputs", True)), level,
-                   WindowScore.from_dict(meta["score_normaliser"]), baselines)
+                   bool(meta.get("center_inputs", True)), level, score, baselines, season)
 
 
 class LstmGanDetector:
@@ -174,10 +190,23 @@ class LstmGanDetector:
         """A fleet model's operating points; its windows must come centred by them."""
         return self.spec.baselines
 
+    @property
+    def uses_time(self) -> bool:
+        """Whether scores read the time of day or week: ``score`` then needs ``ts_ms``."""
+        return self.spec.season is not None
+
     @torch.inference_mode()
-    def parts(self, windows: np.ndarray) -> Parts:
-        """One forward pass over raw windows (B, W, C): what every score term reads."""
-        inputs, targets = self.spec.prepare(np.asarray(windows, dtype=np.float64))
+    def parts(self, windows: np.ndarray, ts_ms: np.ndarray | None = None) -> Parts:
+        """One forward pass over raw windows (B, W, C): what every score term reads. ``ts_ms``
+        (B, W): each reading's epoch ms, which a model with a seasonal profile needs."""
+        windows = np.asarray(windows, dtype=np.float64)
+        season = None
+        if self.spec.season is not None:
+            if ts_ms is None:
+                raise ValueError("this model scores the time of day or week (season_profile): "
+                                 "pass each reading's timestamp")
+            season = self.spec.season.residual(ts_ms, windows)
+        inputs, targets = self.spec.prepare(windows)
         out = []
         for start in range(0, len(inputs), self.chunk):
             stop = start + self.chunk
@@ -192,9 +221,12 @@ class LstmGanDetector:
                 residual.mean(dim=1).double().cpu().numpy(), peak(residual).double().cpu().numpy(),
                 # inputs differ from scaled windows by per-window offsets only
                 variation(inputs[start:stop]), critic))
-        return Parts.concat(out, self.window, len(self.channels))
+        parts = Parts.concat(out, self.window, len(self.channels))
+        return parts if season is None else replace(parts, season=season)
 
-    def score(self, windows: np.ndarray) -> ScoreBatch:
+    def score(self, windows: np.ndarray, ts_ms: np.ndarray | None = None) -> ScoreBatch:
+        """Scores of raw windows (B, W, C); ``ts_ms`` (B, W) each reading's epoch ms (read only
+        by a model with a seasonal profile, which needs it)."""
         windows = np.asarray(windows, dtype=np.float64)
         if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
             raise ValueError(
@@ -204,9 +236,10 @@ class LstmGanDetector:
         if self.spec.score is None:
             raise ValueError("the model is not calibrated yet")
         if len(windows) <= self.chunk:
-            return self.spec.score.score(self.parts(windows))
+            return self.spec.score.score(self.parts(windows, ts_ms))
         # windows score independently, so chunks change nothing but the memory they touch
-        parts = [self.spec.score.score(self.parts(windows[i : i + self.chunk]))
+        part_ts = lambda i: None if ts_ms is None else ts_ms[i : i + self.chunk]
+        parts = [self.spec.score.score(self.parts(windows[i : i + self.chunk], part_ts(i)))
                  for i in range(0, len(windows), self.chunk)]
         return ScoreBatch(scores=np.concatenate([p.scores for p in parts]),
                           contributions=np.concatenate([p.contributions for p in parts]))

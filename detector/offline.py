@@ -11,7 +11,7 @@ from detector.alert import (
 )
 from detector.baseline import centre_windows
 from detector.message import iso_ms
-from detector.score import Detector, Threshold
+from detector.score import Detector, Threshold, needs_time
 from detector.stream import AdvanceStats, EntityState, StreamConfig, WindowRef, advance
 
 # rows pushed through ``advance`` at a time, so a long file never holds all its windows at once
@@ -63,7 +63,11 @@ def score_series(
     for start, windows, stats in iter_windows(ts_ms, values, stream):
         if not windows:
             continue
-        batch = detector.score(centre_windows(detector, window_array(windows), entity))
+        stacked = centre_windows(detector, window_array(windows), entity)
+        if needs_time(detector):
+            batch = detector.score(stacked, ts_ms=np.stack([w.row_ts for w in windows]))
+        else:
+            batch = detector.score(stacked)
         rows = start + np.fromiter((w.index for w in windows), dtype=np.int64, count=len(windows))
         scores[rows] = batch.scores
         contributions[rows] = batch.contributions

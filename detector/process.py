@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from detector.score import ScoreBatch
+from detector.score import ScoreBatch, needs_time
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,14 @@ def main(argv: list[str]) -> int:
         try:
             n = int(header["n"])
             buf = shared.attach(header["path"], int(header["size"]))
-            windows = buf[: n * detector.window * c].reshape(n, detector.window, c)
-            result = detector.score(windows)
             out_at = n * detector.window * c
+            windows = buf[:out_at].reshape(n, detector.window, c)
+            if header.get("ts"):  # the readings' timestamps follow the windows (exact in float64)
+                ts_ms = buf[out_at : out_at + n * detector.window].astype(np.int64)
+                result = detector.score(windows, ts_ms=ts_ms.reshape(n, detector.window))
+                out_at += n * detector.window
+            else:
+                result = detector.score(windows)
             buf[out_at : out_at + n] = result.scores
             buf[out_at + n : out_at + n * (1 + c)] = np.asarray(result.contributions).ravel()
             del windows, buf, result  # no views of the map outlive the request
@@ -165,15 +170,22 @@ class ProcessDetector:
         self._shared = _Shared()
         self._start()
 
-    def score(self, windows: np.ndarray) -> ScoreBatch:
+    @property
+    def uses_time(self) -> bool:
+        return needs_time(self.inline)
+
+    def score(self, windows: np.ndarray, ts_ms: np.ndarray | None = None) -> ScoreBatch:
         windows = np.asarray(windows, dtype=np.float64)
         if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
             raise ValueError(f"windows must have shape (batch, {self.window}, "
                              f"{len(self.channels)}), got {windows.shape}")
         if len(windows) < self.inline_below:
-            return self.inline.score(windows)
+            if ts_ms is None:
+                return self.inline.score(windows)
+            return self.inline.score(windows, ts_ms=ts_ms)
         n, c = len(windows), len(self.channels)
-        need = n * (self.window * c + 1 + c)
+        n_ts = 0 if ts_ms is None else n * self.window
+        need = n * (self.window * c + 1 + c) + n_ts
         with self._lock:
             if self._proc is None:
                 self._start()
@@ -183,6 +195,9 @@ class ProcessDetector:
             buf = self._shared.array
             at = n * self.window * c
             buf[:at] = windows.ravel()
+            if ts_ms is not None:
+                buf[at : at + n_ts] = np.asarray(ts_ms, dtype=np.int64).reshape(-1)
+                at += n_ts
             proc, expired = self._proc, threading.Event()
             # the deadline: a hung child (deadlocked, stopped, swapping) is killed, which ends
             # the read below; holding the lock with no deadline would stall every later batch
@@ -193,7 +208,7 @@ class ProcessDetector:
                     timer.daemon = True
                     timer.start()
                 _send(proc.stdin, {"op": "score", "n": n, "path": self._shared.path,
-                                   "size": self._shared.size})
+                                   "size": self._shared.size, "ts": ts_ms is not None})
                 header = _recv(proc.stdout)
             except (EOFError, OSError, ValueError) as exc:
                 self._stop()  # started again on the next call

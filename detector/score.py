@@ -21,7 +21,10 @@ class ScoreBatch:
 
 
 class Detector(Protocol):
-    """Scores windows of raw readings, shape (B, window, len(channels)), oldest reading first."""
+    """Scores windows of raw readings, shape (B, window, len(channels)), oldest reading first.
+
+    A detector whose scores read the time of day or week has ``uses_time`` true; callers then pass
+    ``ts_ms``, each reading's epoch ms (B, window), as a keyword (``needs_time``)."""
 
     channels: list[str]
     window: int
@@ -29,6 +32,11 @@ class Detector(Protocol):
 
     def score(self, windows: np.ndarray) -> ScoreBatch:
         """Score every window independently."""
+
+
+def needs_time(detector: object) -> bool:
+    """Whether ``detector.score`` needs the readings' timestamps (``ts_ms=``)."""
+    return bool(getattr(detector, "uses_time", False))
 
 
 @dataclass(frozen=True, slots=True)

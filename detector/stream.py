@@ -94,6 +94,7 @@ class WindowRef:
     ts_ms: int  # timestamp of the completing reading
     start_ms: int  # timestamp of the window's first reading
     values: np.ndarray  # (window, n_channels) float64
+    row_ts: np.ndarray | None = None  # (window,) int64: each reading's timestamp
 
 
 @dataclass(slots=True)
@@ -142,6 +143,7 @@ def advance(
             ts_ms=int(all_ts[end - 1]),
             start_ms=int(all_ts[end - w]),
             values=all_values[end - w : end],
+            row_ts=all_ts[end - w : end],
         )
         for i, end in emits
     ]

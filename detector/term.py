@@ -20,6 +20,10 @@ the sum of every term's contributions over channels.
 - ``PeakTerm``: short spikes, which a window's mean error dilutes (3 rows of 32). Per channel, how
   far the log of the largest squared row residual (relative, as the error) rises above ten times
   (``margin``) the highest held-back value, in robust spreads of the channel's held-back log error.
+- ``SeasonTerm``: departures from the time of day or week (``detector.season``), which a window
+  of a few hours cannot see. Per channel, how far the window's mean departure from the seasonal
+  profile (absolute) rises above its held-back median, in robust spreads, times ``weight``; zero
+  below it, and absent unless training found a daily or weekly cycle.
 
 The flat, noise and peak terms are zero on anything near what training has seen, so the threshold
 fitted on held-back scores keeps its meaning. Nothing here depends on the batch: each window is
@@ -42,7 +46,8 @@ RESOLUTION = 1e-5
 NORMALISER_KEYS = ("rec_center", "rec_scale", "bias_weight", "channel_scale", "critic_center",
                    "critic_scale", "critic_weight", "flat_floor", "flat_scale", "flat_weight",
                    "flat_margin", "noise_ceiling", "noise_scale", "noise_weight", "noise_margin",
-                   "peak_ceiling", "peak_scale", "peak_weight", "peak_margin")
+                   "peak_ceiling", "peak_scale", "peak_weight", "peak_margin", "season_center",
+                   "season_scale", "season_weight")
 
 
 def robust_spread(x: np.ndarray) -> float:
@@ -74,6 +79,7 @@ class Parts:
     peak: np.ndarray  # (B, C) largest squared residual of a row
     variation: np.ndarray  # (B, C) log std of first differences of the scaled window
     critic: np.ndarray | None  # (B,) window critic output; None for an autoencoder
+    season: np.ndarray | None = None  # (B, C) mean departure from the seasonal profile, if any
 
     @classmethod
     def concat(cls, parts: list["Parts"], window: int, n_channels: int) -> "Parts":
@@ -82,7 +88,11 @@ class Parts:
         critic = None
         if parts and parts[0].critic is not None:
             critic = np.concatenate([p.critic for p in parts])
-        return cls(window, pick("msq"), pick("mres"), pick("peak"), pick("variation"), critic)
+        season = None
+        if parts and parts[0].season is not None:
+            season = np.concatenate([p.season for p in parts])
+        return cls(window, pick("msq"), pick("mres"), pick("peak"), pick("variation"), critic,
+                   season)
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,25 @@ class PeakTerm:
 
 
 @dataclass(frozen=True)
+class SeasonTerm:
+    center: tuple[float, ...]  # per channel: median held-back |mean departure|
+    scale: tuple[float, ...]  # per channel: its robust spread
+    weight: float = 2.0
+
+    def contribution(self, parts: Parts, basis: np.ndarray) -> np.ndarray:
+        if parts.season is None:
+            raise ValueError("the score has a seasonal term: the windows need their timestamps")
+        above = (np.abs(parts.season) - np.asarray(self.center)) / np.asarray(self.scale)
+        return self.weight * np.maximum(above, 0.0)
+
+    @classmethod
+    def fit(cls, held: Parts, weight: float) -> "SeasonTerm":
+        assert held.season is not None
+        size = np.abs(held.season)
+        return cls(tuple(float(v) for v in np.median(size, axis=0)), _spreads(size), weight)
+
+
+@dataclass(frozen=True)
 class WindowScore:
     """The terms of a trained model; ``score`` adds their contributions."""
 
@@ -202,11 +231,13 @@ class WindowScore:
     flat: FlatTerm | None = None
     peak: PeakTerm | None = None
     noise: NoiseTerm | None = None
+    season: SeasonTerm | None = None
 
     def named(self) -> list[tuple[str, Any]]:
         return [(n, t) for n, t in (("error", self.error), ("critic", self.critic),
                                     ("flat", self.flat), ("noise", self.noise),
-                                    ("peak", self.peak)) if t is not None]
+                                    ("peak", self.peak), ("season", self.season))
+                if t is not None]
 
     def terms(self) -> list[Any]:
         return [t for _, t in self.named()]
@@ -231,7 +262,8 @@ class WindowScore:
         for name, values in (("channel_scale", self.error.channel_scale),
                              ("flat_floor", self.flat.floor if self.flat else ()),
                              ("noise_ceiling", self.noise.ceiling if self.noise else ()),
-                             ("peak_ceiling", self.peak.ceiling if self.peak else ())):
+                             ("peak_ceiling", self.peak.ceiling if self.peak else ()),
+                             ("season_center", self.season.center if self.season else ())):
             if len(values) not in (0, n_channels):
                 raise ValueError(f"score normaliser {name} needs one value per channel")
 
@@ -243,6 +275,10 @@ class WindowScore:
             n = self.noise
             noise = {"noise_ceiling": list(n.ceiling), "noise_scale": list(n.scale),
                      "noise_weight": n.weight, "noise_margin": n.margin}
+        if self.season is not None:  # absent when off, as the noise term's
+            sn = self.season
+            noise.update({"season_center": list(sn.center), "season_scale": list(sn.scale),
+                          "season_weight": sn.weight})
         return {**noise,
             "rec_center": e.center, "rec_scale": e.scale, "bias_weight": e.bias_weight,
             "channel_scale": list(e.channel_scale),
@@ -265,9 +301,10 @@ class WindowScore:
         channel, floor, flat_scale = vec("channel_scale"), vec("flat_floor"), vec("flat_scale")
         ceiling, peak_scale = vec("peak_ceiling"), vec("peak_scale")
         noise_ceiling, noise_scale = vec("noise_ceiling"), vec("noise_scale")
+        season_center, season_scale = vec("season_center"), vec("season_scale")
         if (not num("rec_scale", 0) > 0 or not num("critic_scale", 1) > 0
-                or not all(v > 0 and np.isfinite(v)
-                           for v in flat_scale + channel + peak_scale + noise_scale)):
+                or not all(v > 0 and np.isfinite(v) for v in
+                           flat_scale + channel + peak_scale + noise_scale + season_scale)):
             raise ValueError("score normaliser scales must be positive")
         if len(floor) != len(flat_scale):
             raise ValueError("flat_floor and flat_scale must have one value per channel")
@@ -275,6 +312,8 @@ class WindowScore:
             raise ValueError("peak_ceiling and peak_scale must have one finite value per channel")
         if len(noise_ceiling) != len(noise_scale) or not all(np.isfinite(v) for v in noise_ceiling):
             raise ValueError("noise_ceiling and noise_scale must have one finite value per channel")
+        if len(season_center) != len(season_scale) or not all(np.isfinite(season_center)):
+            raise ValueError("season_center and season_scale must have one finite value per channel")
         error = ErrorTerm(num("rec_center", 0), num("rec_scale", 0), channel,
                           num("bias_weight", 0))
         critic = None
@@ -288,4 +327,6 @@ class WindowScore:
         noise = NoiseTerm(noise_ceiling, noise_scale, num("noise_weight", 1),
                           num("noise_margin", LOG15)) \
             if noise_ceiling and num("noise_weight", 1) > 0 else None
-        return cls(error, critic, flat, peak, noise)
+        season = SeasonTerm(season_center, season_scale, num("season_weight", 2)) \
+            if season_center and num("season_weight", 2) > 0 else None
+        return cls(error, critic, flat, peak, noise, season)

@@ -74,6 +74,7 @@ TRAINING_DEFAULTS = [
     (r"\(`flat_weight` ([\d.]+)\)", "flat_weight", None),
     (r"\(`peak_weight` ([\d.]+)\)", "peak_weight", None),
     (r"\(`noise_weight` ([\d.]+)\)", "noise_weight", None),
+    (r"\(`season_weight` ([\d.]+);", "season_weight", None),
     (r"\(`noise_margin` = ln ([\d.]+)\)", "noise_margin", math.exp),
     (r"\(`peak_margin` = ln (\d+)\)", "peak_margin", math.exp),
     (r"`--false-alarm-target`, default ([\d.]+)", "false_alarm_target", None),
@@ -104,3 +105,13 @@ def test_the_anomaly_free_false_alarm_figure_is_the_tables():
                         README.split("**skab/anomaly-free**\n\n", 1)[1].split("**tep**", 1)[0])
     (prose,) = re.findall(r"anomaly-free\s+FAR ([\d.]+) % against", README)
     assert prose == row
+
+def test_the_seasonal_rules_in_the_readme_are_the_code():
+    """The seasonal term's gates as the README states them are ``detector.season``'s."""
+    from detector import season
+
+    text = README.split("- **Seasonal term**", 1)[1].split("- **Contributions.**", 1)[0]
+    assert f"span at least {season.MIN_CYCLES:g} of them" in " ".join(text.split())
+    assert season.MIN_EXPLAINED == 0.5 and "at least half" in text
+    day, week = dict(season.PERIODS)[season.DAY_MS], dict(season.PERIODS)[season.WEEK_MS]
+    assert f"at most {day} bins, 5 minutes" in text and f"at most {week} bins, 30 minutes" in text

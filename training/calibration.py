@@ -31,7 +31,8 @@ import numpy as np
 from detector.model import LstmGanDetector
 from detector.score import Threshold
 from detector.term import (
-    CriticTerm, ErrorTerm, FlatTerm, NoiseTerm, Parts, PeakTerm, WindowScore, robust_spread,
+    CriticTerm, ErrorTerm, FlatTerm, NoiseTerm, Parts, PeakTerm, SeasonTerm, WindowScore,
+    robust_spread,
 )
 from training.config import TrainConfig
 
@@ -58,7 +59,10 @@ def fit_score(held: Parts, seen: Parts, config: TrainConfig) -> WindowScore:
     peak = None
     if config.peak_weight > 0:
         peak = PeakTerm.fit(held, error, config.peak_weight, config.peak_margin)
-    return WindowScore(error, critic, flat, peak, noise)
+    season = None
+    if held.season is not None and config.season_weight > 0:
+        season = SeasonTerm.fit(held, config.season_weight)
+    return WindowScore(error, critic, flat, peak, noise, season)
 
 
 def tail_scale(scores: np.ndarray, window: int = 1, set_aside: int = 0) -> float:
@@ -180,11 +184,12 @@ def fit_threshold(calib_scores: np.ndarray, window: int, target: float,
 
 def calibrate(
     detector: LstmGanDetector, fit_windows: np.ndarray, calib_windows: np.ndarray,
-    config: TrainConfig,
+    config: TrainConfig, fit_ts: np.ndarray | None = None, calib_ts: np.ndarray | None = None,
 ) -> tuple[WindowScore, Threshold, np.ndarray, np.ndarray]:
     """Return the fitted score, the threshold, and the scores of the fitting and held-back
-    windows (one forward pass over each)."""
-    fit_parts, held = detector.parts(fit_windows), detector.parts(calib_windows)
+    windows (one forward pass over each; ``*_ts``: their readings' timestamps, which a model
+    with a seasonal profile needs)."""
+    fit_parts, held = detector.parts(fit_windows, fit_ts), detector.parts(calib_windows, calib_ts)
     return calibrate_parts(fit_parts, held, config, len(detector.channels))
 
 

@@ -31,6 +31,7 @@ class TrainConfig:
     noise_margin: float = math.log(1.5)  # only variation over 1.5 x the roughest training window
     peak_weight: float = 2.0  # weight of the spike term (0 turns it off)
     peak_margin: float = math.log(10.0)  # only row peaks over 10 x the held-back highest count
+    season_weight: float = 2.0  # weight of the seasonal term where a cycle is found (0: off)
     bias_weight: float = 0.5  # weight of sustained offsets in the error (detector.term.ErrorTerm)
     calib_fraction: float = 0.25  # last share of the training rows held back for calibration
     # the share of normal windows allowed above the threshold (training.calibration)

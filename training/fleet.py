@@ -61,7 +61,7 @@ def fleet_windows(ts_ms: np.ndarray, values: np.ndarray, entities: np.ndarray,
             skipped.append(name)
             continue
         base = np.median(raw[:n_fit], axis=0)
-        windows, ends, part = make_windows(ts, raw - base, config.window, max_gap_ms)
+        windows, ends, part, _ = make_windows(ts, raw - base, config.window, max_gap_ms)
         stats.add(part)
         held = ends >= n_fit
         if held.all() or not held.any():

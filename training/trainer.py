@@ -25,6 +25,7 @@ from detector.model import LstmGanDetector, ModelSpec, resolve_device
 from detector.network import Networks, NetworkShape
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
+from detector.season import SeasonProfile
 from detector.score import Threshold
 from detector.stream import AdvanceStats, StreamConfig, learn_max_gap_ms
 from training.calibration import calibrate
@@ -57,18 +58,22 @@ class TrainResult:
 
 
 def make_windows(ts_ms: np.ndarray, values: np.ndarray, window: int, max_gap_ms: int | None
-                 ) -> tuple[np.ndarray, np.ndarray, AdvanceStats]:
+                 ) -> tuple[np.ndarray, np.ndarray, AdvanceStats, np.ndarray]:
     """All stride-1 windows through the stream rules; returns (windows, index of last row, the
-    rules' counts of accepted, repeated or out-of-order, and gap rows)."""
-    parts, ends = [], []
+    rules' counts of accepted, repeated or out-of-order, and gap rows, each window's reading
+    timestamps (n, window))."""
+    parts, ends, times = [], [], []
     stats = AdvanceStats()
     for start, windows, stats in iter_windows(ts_ms, values, StreamConfig(window, 1, max_gap_ms)):
         if windows:
             parts.append(window_array(windows))
+            times.append(np.stack([w.row_ts for w in windows]))
             ends.extend(start + w.index for w in windows)
     if not parts:
-        return np.empty((0, window, values.shape[1])), np.empty(0, dtype=np.int64), stats
-    return np.concatenate(parts), np.asarray(ends, dtype=np.int64), stats
+        return (np.empty((0, window, values.shape[1])), np.empty(0, dtype=np.int64), stats,
+                np.empty((0, window), dtype=np.int64))
+    return (np.concatenate(parts), np.asarray(ends, dtype=np.int64), stats,
+            np.concatenate(times).astype(np.int64))
 
 
 def resolve_max_gap_ms(ts_ms: np.ndarray, configured: int | None) -> int | None:
@@ -125,6 +130,9 @@ class TrainingWindows:
     stats: AdvanceStats
     baselines: EntityBaselines | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    fit_ts: np.ndarray | None = None  # (n, window) reading timestamps: for the seasonal profile
+    calib_ts: np.ndarray | None = None
+    season: SeasonProfile | None = None
 
 
 def series_windows(ts_ms: np.ndarray, values: np.ndarray, config: TrainConfig) -> TrainingWindows:
@@ -133,7 +141,7 @@ def series_windows(ts_ms: np.ndarray, values: np.ndarray, config: TrainConfig) -
     n_fit = int(round(len(values) * (1 - config.calib_fraction)))
     scaler = StandardScaler.fit(values[:n_fit])
     max_gap_ms = resolve_max_gap_ms(ts_ms, config.max_gap_ms)
-    windows, ends, stats = make_windows(ts_ms, values, config.window, max_gap_ms)
+    windows, ends, stats, times = make_windows(ts_ms, values, config.window, max_gap_ms)
     warn_skipped(stats, len(ts_ms))
     fit_windows = windows[ends < n_fit]
     calib_windows = windows[ends >= n_fit]
@@ -141,7 +149,16 @@ def series_windows(ts_ms: np.ndarray, values: np.ndarray, config: TrainConfig) -
         raise ValueError(too_few_windows(len(fit_windows), len(calib_windows), stats, max_gap_ms,
                                          config.window))
     slow = slow_channels(values[:n_fit], config.slow_autocorr)
-    return TrainingWindows(fit_windows, calib_windows, scaler, slow, max_gap_ms, stats)
+    season = None
+    if config.season_weight > 0:
+        season = SeasonProfile.fit(ts_ms[:n_fit], values[:n_fit], ts_ms[n_fit:], values[n_fit:])
+    metrics = {"season_period_h": season.period_ms / 3_600_000 if season else None}
+    if season is not None:
+        log.info("seasonal profile: a %g-hour cycle on %d of %d channels", season.period_ms
+                 / 3_600_000, int(season.active.sum()), len(season.active))
+    return TrainingWindows(fit_windows, calib_windows, scaler, slow, max_gap_ms, stats,
+                           metrics=metrics, fit_ts=times[ends < n_fit],
+                           calib_ts=times[ends >= n_fit], season=season)
 
 
 def warn_skipped(stats: AdvanceStats, rows: int) -> None:
@@ -173,7 +190,7 @@ def train(
     level = LevelModel.fit(scaler.transform(fit_windows), slow, config.level_r2)
     shape = NetworkShape(config.model, len(channels), config.window, config.hidden, config.latent)
     spec = ModelSpec(channels, shape, scaler, slow, config.center_inputs, level,
-                     baselines=data.baselines)
+                     baselines=data.baselines, season=data.season)
     inputs, targets = spec.prepare(fit_windows)
     in_all = torch.from_numpy(inputs).to(device)
     tgt_all = torch.from_numpy(targets).to(device)
@@ -206,7 +223,8 @@ def train(
 
     nets.eval()
     score, threshold, train_scores, calib_scores = calibrate(
-        LstmGanDetector(nets, spec, "training", device), fit_windows, calib_windows, config)
+        LstmGanDetector(nets, spec, "training", device), fit_windows, calib_windows, config,
+        data.fit_ts, data.calib_ts)
     metrics = {
         "train_seconds": round(train_seconds, 3),
         "epochs": epochs, "windows_per_epoch": per_epoch, "max_gap_ms": max_gap_ms,
