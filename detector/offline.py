@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.alert import (
-    ANOMALY_END, ANOMALY_START, EPISODE, WINDOW, AlertContext, Verdict, make_alerts,
+    ANOMALY_END, ANOMALY_START, EPISODE, WINDOW, AlertContext, Verdict, make_alerts, stack_ts,
 )
 from detector.baseline import centre_windows
 from detector.message import iso_ms
@@ -65,7 +65,7 @@ def score_series(
             continue
         stacked = centre_windows(detector, window_array(windows), entity)
         if needs_time(detector):
-            batch = detector.score(stacked, ts_ms=np.stack([w.row_ts for w in windows]))
+            batch = detector.score(stacked, ts_ms=stack_ts(windows))
         else:
             batch = detector.score(stacked)
         rows = start + np.fromiter((w.index for w in windows), dtype=np.int64, count=len(windows))
