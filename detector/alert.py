@@ -21,7 +21,7 @@ import numpy as np
 
 from detector.message import iso_ms
 from detector.metric import Metrics
-from detector.score import Detector, Threshold
+from detector.score import Detector, Threshold, score_windows
 from detector.stream import WindowRef
 
 WINDOW, EPISODE = "window", "episode"
@@ -75,10 +75,7 @@ def score_stacked(
     for i in range(0, len(stacked), chunk):
         part = stacked[i : i + chunk]
         started = time.perf_counter()
-        if ts_ms is None:
-            result = detector.score(part)
-        else:
-            result = detector.score(part, ts_ms=ts_ms[i : i + chunk])
+        result = score_windows(detector, part, None if ts_ms is None else ts_ms[i : i + chunk])
         metrics.observe("scoring_seconds", time.perf_counter() - started)
         if np.shape(result.scores) != (len(part),):
             raise ValueError(f"detector returned {np.shape(result.scores)} scores for {len(part)}")

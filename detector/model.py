@@ -111,8 +111,8 @@ class ModelSpec:
             raise ValueError("entity baselines and channels disagree in size")
         if self.season is not None and self.season.profile.shape[1] != len(self.channels):
             raise ValueError("season profile and channels disagree in size")
-        if self.season is not None and self.score is not None and self.score.season is None:
-            raise ValueError("a season profile needs the score's seasonal term")
+        if self.score is not None and (self.season is None) != (self.score.season is None):
+            raise ValueError(f"{SEASON_KEY} and the score's seasonal term come together")
 
     def calibrated(self, score: WindowScore) -> "ModelSpec":
         return replace(self, score=score)
@@ -159,12 +159,10 @@ class ModelSpec:
         season = None
         if SEASON_KEY in meta:
             season = SeasonProfile.from_dict(meta[SEASON_KEY], shape.n_channels)
-        score = WindowScore.from_dict(meta["score_normaliser"])
-        if (season is None) != (score.season is None):
-            raise ValueError(f"{SEASON_KEY} and the score's seasonal term come together")
         return cls(channels, shape, StandardScaler.from_dict(meta["scaler"]),
                    np.isin(channels, meta.get("slow_channels", [])),
-                   bool(meta.get("center_inputs", True)), level, score, baselines, season)
+                   bool(meta.get("center_inputs", True)), level,
+                   WindowScore.from_dict(meta["score_normaliser"]), baselines, season)
 
 
 class LstmGanDetector:

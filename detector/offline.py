@@ -11,7 +11,7 @@ from detector.alert import (
 )
 from detector.baseline import centre_windows
 from detector.message import iso_ms
-from detector.score import Detector, Threshold, needs_time
+from detector.score import Detector, Threshold, needs_time, score_windows
 from detector.stream import AdvanceStats, EntityState, StreamConfig, WindowRef, advance
 
 # rows pushed through ``advance`` at a time, so a long file never holds all its windows at once
@@ -64,10 +64,8 @@ def score_series(
         if not windows:
             continue
         stacked = centre_windows(detector, window_array(windows), entity)
-        if needs_time(detector):
-            batch = detector.score(stacked, ts_ms=stack_ts(windows))
-        else:
-            batch = detector.score(stacked)
+        times = stack_ts(windows) if needs_time(detector) else None
+        batch = score_windows(detector, stacked, times)
         rows = start + np.fromiter((w.index for w in windows), dtype=np.int64, count=len(windows))
         scores[rows] = batch.scores
         contributions[rows] = batch.contributions

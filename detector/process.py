@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from detector.score import ScoreBatch, needs_time
+from detector.score import ScoreBatch, needs_time, score_windows
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,7 @@ class ProcessDetector:
             raise ValueError(f"windows must have shape (batch, {self.window}, "
                              f"{len(self.channels)}), got {windows.shape}")
         if len(windows) < self.inline_below:
-            if ts_ms is None:
-                return self.inline.score(windows)
-            return self.inline.score(windows, ts_ms=ts_ms)
+            return score_windows(self.inline, windows, ts_ms)
         n, c = len(windows), len(self.channels)
         n_ts = 0 if ts_ms is None else n * self.window
         need = n * (self.window * c + 1 + c) + n_ts

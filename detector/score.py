@@ -39,6 +39,15 @@ def needs_time(detector: object) -> bool:
     return bool(getattr(detector, "uses_time", False))
 
 
+def score_windows(detector: Detector, windows: np.ndarray, ts_ms: np.ndarray | None = None
+                  ) -> ScoreBatch:
+    """``detector.score(windows)``, with ``ts_ms=`` when there are timestamps to pass (detectors
+    that do not read time keep the plain contract)."""
+    if ts_ms is None:
+        return detector.score(windows)
+    return detector.score(windows, ts_ms=ts_ms)  # type: ignore[call-arg]
+
+
 @dataclass(frozen=True, slots=True)
 class Threshold:
     """A score at or above ``value`` is anomalous. Fitted once, at training time.

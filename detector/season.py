@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.term import robust_spread
+from detector.term import channel_spreads
 
 DAY_MS, WEEK_MS = 86_400_000, 7 * 86_400_000
 # (period, most bins): at most 5-minute bins over a day, 30-minute bins over a week
@@ -122,8 +122,7 @@ class SeasonProfile:
             active = explained >= MIN_EXPLAINED
             if not active.any():
                 continue
-            spread = np.array([max(robust_spread(fit_dep[:, c]), SPREAD_FLOOR * around[c])
-                               for c in range(fit_values.shape[1])])
+            spread = np.maximum(channel_spreads(fit_dep), SPREAD_FLOOR * around)
             gain = float(np.clip(explained, 0.0, 1.0)[active].sum())
             if best is None or gain > best[0]:
                 best = (gain, cls(int(period), profile, spread, active))

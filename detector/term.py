@@ -61,7 +61,8 @@ def robust_spread(x: np.ndarray) -> float:
     return float(max(spread, RESOLUTION * max(1.0, float(np.median(np.abs(x))))))
 
 
-def _spreads(x: np.ndarray) -> tuple[float, ...]:
+def channel_spreads(x: np.ndarray) -> tuple[float, ...]:
+    """``robust_spread`` of each column of (n, C) values."""
     return tuple(robust_spread(x[:, c]) for c in range(x.shape[1]))
 
 
@@ -161,7 +162,7 @@ class FlatTerm:
     def fit(cls, seen: Parts, weight: float) -> "FlatTerm":
         """``seen``: every training window, fitting and held-back alike."""
         var = seen.variation
-        return cls(tuple(float(v) for v in var.min(axis=0)), _spreads(var), weight)
+        return cls(tuple(float(v) for v in var.min(axis=0)), channel_spreads(var), weight)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class NoiseTerm:
     def fit(cls, seen: Parts, weight: float, margin: float) -> "NoiseTerm":
         """``seen``: every training window, fitting and held-back alike."""
         var = seen.variation
-        return cls(tuple(float(v) for v in var.max(axis=0)), _spreads(var), weight, margin)
+        return cls(tuple(float(v) for v in var.max(axis=0)), channel_spreads(var), weight, margin)
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class PeakTerm:
         units = np.asarray(error.channel_scale) if error.channel_scale else 1.0
         log_peak = _log(held.peak / units)
         return cls(tuple(float(v) for v in log_peak.max(axis=0)),
-                   _spreads(_log(error.relative(held))), error.channel_scale, weight, margin)
+                   channel_spreads(_log(error.relative(held))), error.channel_scale, weight, margin)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class SeasonTerm:
     def fit(cls, held: Parts, weight: float) -> "SeasonTerm":
         assert held.season is not None
         size = np.abs(held.season)
-        return cls(tuple(float(v) for v in np.median(size, axis=0)), _spreads(size), weight)
+        return cls(tuple(float(v) for v in np.median(size, axis=0)), channel_spreads(size), weight)
 
 
 @dataclass(frozen=True)

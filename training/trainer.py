@@ -23,6 +23,7 @@ from detector.baseline import EntityBaselines
 from detector.level import LevelModel
 from detector.model import LstmGanDetector, ModelSpec, resolve_device
 from detector.network import Networks, NetworkShape
+from detector.alert import stack_ts
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
 from detector.season import SeasonProfile
@@ -67,7 +68,7 @@ def make_windows(ts_ms: np.ndarray, values: np.ndarray, window: int, max_gap_ms:
     for start, windows, stats in iter_windows(ts_ms, values, StreamConfig(window, 1, max_gap_ms)):
         if windows:
             parts.append(window_array(windows))
-            times.append(np.stack([w.row_ts for w in windows]))
+            times.append(stack_ts(windows))
             ends.extend(start + w.index for w in windows)
     if not parts:
         return (np.empty((0, window, values.shape[1])), np.empty(0, dtype=np.int64), stats,
@@ -143,8 +144,8 @@ def series_windows(ts_ms: np.ndarray, values: np.ndarray, config: TrainConfig) -
     max_gap_ms = resolve_max_gap_ms(ts_ms, config.max_gap_ms)
     windows, ends, stats, times = make_windows(ts_ms, values, config.window, max_gap_ms)
     warn_skipped(stats, len(ts_ms))
-    fit_windows = windows[ends < n_fit]
-    calib_windows = windows[ends >= n_fit]
+    fitted = ends < n_fit
+    fit_windows, calib_windows = windows[fitted], windows[~fitted]
     if len(fit_windows) < 2 or len(calib_windows) < 1:
         raise ValueError(too_few_windows(len(fit_windows), len(calib_windows), stats, max_gap_ms,
                                          config.window))
@@ -152,13 +153,13 @@ def series_windows(ts_ms: np.ndarray, values: np.ndarray, config: TrainConfig) -
     season = None
     if config.season_weight > 0:
         season = SeasonProfile.fit(ts_ms[:n_fit], values[:n_fit], ts_ms[n_fit:], values[n_fit:])
-    metrics = {"season_period_h": season.period_ms / 3_600_000 if season else None}
+    hours = season.period_ms / 3_600_000 if season else None
     if season is not None:
-        log.info("seasonal profile: a %g-hour cycle on %d of %d channels", season.period_ms
-                 / 3_600_000, int(season.active.sum()), len(season.active))
+        log.info("seasonal profile: a %g-hour cycle on %d of %d channels", hours,
+                 int(season.active.sum()), len(season.active))
     return TrainingWindows(fit_windows, calib_windows, scaler, slow, max_gap_ms, stats,
-                           metrics=metrics, fit_ts=times[ends < n_fit],
-                           calib_ts=times[ends >= n_fit], season=season)
+                           metrics={"season_period_h": hours}, fit_ts=times[fitted],
+                           calib_ts=times[~fitted], season=season)
 
 
 def warn_skipped(stats: AdvanceStats, rows: int) -> None:
