@@ -5,7 +5,8 @@ ganwatch's ``lstm-gan`` and ``lstm-ae`` next to the reference detectors of ``ben
 ``quality`` at the top of the JSON holds one headline row per dataset x detector. ``seed``
 trains ``lstm-gan`` on SKAB and TEP with seeds 1-3 and reports the spread of its figures over
 seeds 0-3 (seed 0 from the same run's skab and tep, when they ran). Also ``load``
-(training seconds with and without a concurrent training process), ``scoring`` and ``streaming``.
+(training seconds with and without a concurrent training process, on a SKAB file and on issue
+#9's 20,000-row budget file: ``bench.load``), ``scoring`` and ``streaming``.
 
 ``--only skab,tep`` picks some; ``--limit N`` uses the first N SKAB files; ``--quick`` shrinks
 every benchmark to a smoke run (figures then only show that the code works); ``--nab-rows N`` /
@@ -26,6 +27,7 @@ BENCHES = ("skab", "tep", "nab", "seed", "load", "scoring", "streaming")
 QUALITY = ("skab", "tep", "nab")
 QUICK = {"epochs": 1}  # training fields a --quick run changes, unless --set gives them
 QUICK_NAB_ROWS = 1000
+QUICK_BUDGET_ROWS = 2000
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -116,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                                  free_segments=2 if args.quick else skab.SEGMENTS,
                                  faults=(1, 3) if args.quick else None, main=out)
         elif name == "load":
-            from bench import quality, skab
+            from bench import load, skab
 
-            out[name] = quality.train_under_load(skab.skab_files()[0], overrides=training)
+            rows = QUICK_BUDGET_ROWS if args.quick else load.BUDGET_ROWS
+            out[name] = load.run(skab.skab_files()[0], budget_rows_n=rows, overrides=training)
         elif name == "scoring":
             from bench import scoring
 

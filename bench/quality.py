@@ -8,7 +8,6 @@ mode changes every table at once.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -111,52 +110,6 @@ def load_nab_eval():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
-
-
-# ---------------------------------------------------------------- training under load
-
-def _skab_rows(path: Path):
-    from connectors.file import read_table
-
-    table = read_table(path, timestamp_column="datetime", label_column="anomaly",
-                       exclude_columns=("changepoint",))
-    return table.row_ts_ms()[:400], table.values[:400], table.channels
-
-
-def _train_forever(path: str, config: TrainConfig, started, stop) -> None:
-    """Background load: train the same file again and again until ``stop`` is set."""
-    ts, values, channels = _skab_rows(Path(path))
-    started.set()
-    while not stop.is_set():
-        train(ts, values, channels, config)
-
-
-def train_under_load(path: Path, kind: str = "lstm-gan", overrides: dict | None = None) -> dict:
-    """Seconds to train on one SKAB file alone, then while a second process trains it too.
-
-    Both use the process's default torch settings (``TrainConfig.torch_threads`` if the lead's
-    version has it is left at its default)."""
-    config = config_for(kind, overrides)
-    ts, values, channels = _skab_rows(path)
-    _, alone = fit(ts, values, channels, config)
-    ctx = mp.get_context("spawn")
-    started, stop = ctx.Event(), ctx.Event()
-    worker = ctx.Process(target=_train_forever, args=(str(path), config, started, stop))
-    worker.start()
-    try:
-        if not started.wait(timeout=120):
-            raise RuntimeError("the load process did not start training within 120 s")
-        _, loaded = fit(ts, values, channels, config)
-    finally:
-        stop.set()
-        worker.join(timeout=300)
-        if worker.is_alive():
-            worker.terminate()
-            worker.join()
-    return {"file": f"{path.parent.name}/{path.name}", "model": kind,
-            "torch_threads": getattr(config, "torch_threads", None),
-            "train_seconds_alone": round(alone, 2), "train_seconds_loaded": round(loaded, 2),
-            "slowdown": round(loaded / alone, 2) if alone else None}
 
 
 # ---------------------------------------------------------------- the summary table

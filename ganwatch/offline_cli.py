@@ -88,9 +88,9 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
                         f"data's median step; 0 = never); stored in the model for `ganwatch "
                         f"score` and `serve`")
     p.add_argument("--torch-threads", type=int, default=DEFAULTS.torch_threads,
-                   help=f"torch CPU threads while training (default {DEFAULTS.torch_threads}, "
-                        f"0 = torch's default); more threads spin against each other when "
-                        f"another process holds a core")
+                   help=f"torch CPU threads while training and calibrating (default "
+                        f"{DEFAULTS.torch_threads}, 0 = torch's default); more threads spin "
+                        f"against each other when another process holds a core")
     p.add_argument("--sample-budget", type=int, default=DEFAULTS.sample_budget,
                    help=f"windows visited over all epochs (default {DEFAULTS.sample_budget}); a "
                         f"long history gets fewer epochs, so training time follows this budget")

@@ -252,3 +252,35 @@ def test_quick_seed_run_trains_at_each_seed(capsys):
     assert figures["tep_fdr_pct_without_3_9_15"] is not None
     assert out["spread"]["valve1_f1"]["min"] == out["spread"]["valve1_f1"]["max"]
     assert out["overrides"] == {"epochs": 1}
+
+
+def test_budget_file_is_regular_and_trains_in_the_planned_epochs():
+    from bench import load
+    from training.trainer import epoch_plan
+
+    ts, values, channels = load.budget_rows(3000)
+    assert values.shape == (3000, load.BUDGET_CHANNELS) and len(channels) == load.BUDGET_CHANNELS
+    assert set(np.diff(ts)) == {1000}  # 1 s apart: no gap, no repeat
+    assert values.std(axis=0).min() > 0.5  # each channel a sine, not the noise alone
+    # at issue #9's 20,000 rows the sample budget gives fewer, fuller epochs than the default 15
+    fit_windows = int(round(load.BUDGET_ROWS * 0.75)) - TrainConfig().window + 1
+    epochs, per_epoch = epoch_plan(fit_windows, TrainConfig())
+    assert epochs < TrainConfig().epochs and epochs * per_epoch <= TrainConfig().sample_budget
+
+
+def test_quick_load_run_times_skab_and_the_budget_file(capsys):
+    need(skab.SKAB / "valve1")
+    import json
+
+    from bench.__main__ import QUICK_BUDGET_ROWS, main
+
+    assert main(["--only", "load", "--quick"]) == 0
+    out = json.loads(capsys.readouterr().out)["load"]
+    assert out["file"] == "valve1/0.csv" and out["epochs"] == 1
+    budget = out["budget"]
+    assert budget["rows"] == QUICK_BUDGET_ROWS and budget["epochs"] == 1
+    for part in (out, budget):
+        assert 0 < part["epoch_seconds_alone"] < part["train_seconds_alone"]
+        assert 0 < part["epoch_seconds_loaded"] < part["train_seconds_loaded"]
+    assert budget["within_target"] == (max(budget["train_seconds_alone"],
+                                           budget["train_seconds_loaded"]) <= 60)

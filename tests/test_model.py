@@ -181,6 +181,29 @@ def test_cpu_training_is_reproducible_with_a_seed():
     assert a.threshold.value == b.threshold.value
 
 
+def test_torch_threads_hold_through_calibration_and_are_restored(monkeypatch):
+    import training.trainer as trainer
+
+    seen = []
+    real = trainer.calibrate
+
+    def calibrate(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "calibrate", calibrate)
+    ts, values = normal_data(200)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(ts, values, CHANNELS, TrainConfig(window=8, epochs=1, hidden=8, latent=4,
+                                                torch_threads=1))
+        assert seen == [1]  # calibration scores with the threads training was given
+        assert torch.get_num_threads() == 2  # and the caller's setting comes back
+    finally:
+        torch.set_num_threads(before)
+
+
 def copy_artifact(src, dst):
     shutil.copytree(src, dst)
     return dst

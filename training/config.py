@@ -15,7 +15,7 @@ class TrainConfig:
     window: int = 32
     epochs: int = 15  # at most; fewer when the sample budget runs out first
     sample_budget: int = 40_000  # windows visited in all epochs together (see epoch_plan)
-    torch_threads: int = 1  # torch CPU threads while training; 0 = torch's default
+    torch_threads: int = 1  # torch CPU threads in train (epochs, calibration); 0 = default
     batch_size: int = 32
     hidden: int = 32
     latent: int = 16

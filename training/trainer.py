@@ -209,23 +209,23 @@ def train(
         history.update({"critic_x": [], "critic_z": [], "adversarial": []})
     epochs, per_epoch = epoch_plan(len(in_all), config)
     threads_before = torch.get_num_threads()
-    if config.torch_threads:
+    if config.torch_threads:  # for calibration too: extra threads spin when a core is taken
         torch.set_num_threads(config.torch_threads)
-    started = time.perf_counter()
     try:
+        started = time.perf_counter()
         for epoch in range(epochs):
             _epoch(nets, in_all, tgt_all, rng, per_epoch, opt_g, opt_c, config, use_amp, history)
             if progress:
                 progress(epoch + 1, {k: v[-1] for k, v in history.items()})
             log.debug("epoch %d: %s", epoch + 1, {k: round(v[-1], 5) for k, v in history.items()})
+        train_seconds = time.perf_counter() - started
+
+        nets.eval()
+        score, threshold, train_scores, calib_scores = calibrate(
+            LstmGanDetector(nets, spec, "training", device), fit_windows, calib_windows, config,
+            data.fit_ts, data.calib_ts)
     finally:
         torch.set_num_threads(threads_before)
-    train_seconds = time.perf_counter() - started
-
-    nets.eval()
-    score, threshold, train_scores, calib_scores = calibrate(
-        LstmGanDetector(nets, spec, "training", device), fit_windows, calib_windows, config,
-        data.fit_ts, data.calib_ts)
     metrics = {
         "train_seconds": round(train_seconds, 3),
         "epochs": epochs, "windows_per_epoch": per_epoch, "max_gap_ms": max_gap_ms,
