@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench import load, skab
 
             rows = QUICK_BUDGET_ROWS if args.quick else load.BUDGET_ROWS
-            out[name] = load.run(skab.skab_files()[0], budget_rows_n=rows, overrides=training)
+            out[name] = load.run(skab.skab_files()[0], budget_size=rows, overrides=training)
         elif name == "scoring":
             from bench import scoring
 

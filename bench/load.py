@@ -8,14 +8,13 @@ alone, then again while a second process trains the same rows in a loop."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from bench.quality import config_for
-from training.trainer import TrainConfig, TrainResult, train
+from bench import skab
+from bench.quality import config_for, fit
+from training.trainer import TrainConfig, train
 
 BUDGET_ROWS, BUDGET_CHANNELS = 20_000, 8
 TARGET_SECONDS = 60.0  # issue #9: a 20,000-row, 8-channel file on 2 CPU cores
@@ -23,13 +22,11 @@ TARGET_SECONDS = 60.0  # issue #9: a 20,000-row, 8-channel file on 2 CPU cores
 Rows = tuple[np.ndarray, np.ndarray, list[str]]
 
 
-def skab_rows(path: str) -> Rows:
-    """The first 400 rows of one SKAB file: the rows its model trains on in the quality bench."""
-    from connectors.file import read_table
-
-    table = read_table(Path(path), timestamp_column="datetime", label_column="anomaly",
-                       exclude_columns=("changepoint",))
-    return table.row_ts_ms()[:400], table.values[:400], table.channels
+def skab_rows(path: Path) -> Rows:
+    """The rows one SKAB file's model trains on in the quality bench (its first 400)."""
+    table = skab.read_file(path)
+    n = skab.TRAIN_ROWS
+    return table.row_ts_ms()[:n], table.values[:n], table.channels
 
 
 def budget_rows(rows: int) -> Rows:
@@ -44,33 +41,25 @@ def budget_rows(rows: int) -> Rows:
     return ts_ms, values, [f"c{i}" for i in range(BUDGET_CHANNELS)]
 
 
-def _train_forever(rows_of: Callable[..., Rows], arg, config: TrainConfig, started, stop) -> None:
+def _train_forever(rows: Rows, config: TrainConfig, started, stop) -> None:
     """Background load: train the same rows again and again until ``stop`` is set."""
-    ts, values, channels = rows_of(arg)
     started.set()
     while not stop.is_set():
-        train(ts, values, channels, config)
+        train(*rows, config)
 
 
-def _timed(rows: Rows, config: TrainConfig) -> tuple[TrainResult, float]:
-    started = time.perf_counter()
-    result = train(*rows, config)
-    return result, time.perf_counter() - started
-
-
-def alone_and_loaded(rows_of: Callable[..., Rows], arg, config: TrainConfig) -> dict:
-    """Seconds of ``train`` on ``rows_of(arg)`` alone, then beside a second process training the
-    same rows; ``epoch_seconds_*`` is the networks' part (``train_seconds`` in the artifact)."""
-    rows = rows_of(arg)
-    alone, alone_s = _timed(rows, config)
+def alone_and_loaded(rows: Rows, config: TrainConfig) -> dict:
+    """Seconds of ``train`` on ``rows`` alone, then beside a second process training the same
+    rows; ``epoch_seconds_*`` is the networks' part (``train_seconds`` in the artifact)."""
+    alone, alone_s = fit(*rows, config)
     ctx = mp.get_context("spawn")
     started, stop = ctx.Event(), ctx.Event()
-    worker = ctx.Process(target=_train_forever, args=(rows_of, arg, config, started, stop))
+    worker = ctx.Process(target=_train_forever, args=(rows, config, started, stop))
     worker.start()
     try:
         if not started.wait(timeout=120):
             raise RuntimeError("the load process did not start training within 120 s")
-        loaded, loaded_s = _timed(rows, config)
+        loaded, loaded_s = fit(*rows, config)
     finally:
         stop.set()
         worker.join(timeout=300)
@@ -85,14 +74,15 @@ def alone_and_loaded(rows_of: Callable[..., Rows], arg, config: TrainConfig) -> 
             "slowdown": round(loaded_s / alone_s, 2) if alone_s else None}
 
 
-def run(skab_file: Path, budget_rows_n: int = BUDGET_ROWS, kind: str = "lstm-gan",
+def run(skab_file: Path, budget_size: int = BUDGET_ROWS, kind: str = "lstm-gan",
         overrides: dict | None = None) -> dict:
-    """The SKAB file's figures at the top level, the budget file's under ``budget``."""
+    """The SKAB file's figures at the top level; under ``budget``, those of a budget file of
+    ``budget_size`` rows."""
     config = config_for(kind, overrides)
     out = {"file": f"{skab_file.parent.name}/{skab_file.name}", "model": kind,
-           **alone_and_loaded(skab_rows, str(skab_file), config)}
-    budget = alone_and_loaded(budget_rows, budget_rows_n, config)
-    out["budget"] = {"rows": budget_rows_n, "channels": BUDGET_CHANNELS,
+           **alone_and_loaded(skab_rows(skab_file), config)}
+    budget = alone_and_loaded(budget_rows(budget_size), config)
+    out["budget"] = {"rows": budget_size, "channels": BUDGET_CHANNELS,
                      "target_seconds": TARGET_SECONDS, **budget,
                      "within_target": max(budget["train_seconds_alone"],
                                           budget["train_seconds_loaded"]) <= TARGET_SECONDS}

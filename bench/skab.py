@@ -40,9 +40,14 @@ def skab_files(group: str = "valve1") -> list[Path]:
     return files
 
 
+def read_file(path: Path):
+    """One SKAB file: its sensors, ``anomaly`` as the labels, ``changepoint`` left out."""
+    return read_table(path, timestamp_column="datetime", label_column="anomaly",
+                      exclude_columns=("changepoint",))
+
+
 def run_file(path: Path, config: TrainConfig, ablate: bool = False) -> dict:
-    table = read_table(path, timestamp_column="datetime", label_column="anomaly",
-                       exclude_columns=("changepoint",))
+    table = read_file(path)
     ts, values = table.row_ts_ms(), table.values
     result, train_s = fit(ts[:TRAIN_ROWS], values[:TRAIN_ROWS], table.channels, config)
     detector = result.detector("bench", device="cpu")
@@ -75,8 +80,7 @@ def confusion(flags: np.ndarray, labels: np.ndarray) -> dict[str, int]:
 
 def reference_file(path: Path) -> dict[str, dict]:
     """PCA T² and Q fitted on the file's first 400 rows: counts on the rest, per reference."""
-    table = read_table(path, timestamp_column="datetime", label_column="anomaly",
-                       exclude_columns=("changepoint",))
+    table = read_file(path)
     pca = PcaReference.fit(table.values[:TRAIN_ROWS])
     return {name: confusion(flags[TRAIN_ROWS:], table.labels[TRAIN_ROWS:])
             for name, flags in pca.flags(table.values).items()}

@@ -263,7 +263,8 @@ def test_budget_file_is_regular_and_trains_in_the_planned_epochs():
     assert set(np.diff(ts)) == {1000}  # 1 s apart: no gap, no repeat
     assert values.std(axis=0).min() > 0.5  # each channel a sine, not the noise alone
     # at issue #9's 20,000 rows the sample budget gives fewer, fuller epochs than the default 15
-    fit_windows = int(round(load.BUDGET_ROWS * 0.75)) - TrainConfig().window + 1
+    fit_rows = int(round(load.BUDGET_ROWS * (1 - TrainConfig().calib_fraction)))
+    fit_windows = fit_rows - TrainConfig().window + 1
     epochs, per_epoch = epoch_plan(fit_windows, TrainConfig())
     assert epochs < TrainConfig().epochs and epochs * per_epoch <= TrainConfig().sample_budget
 

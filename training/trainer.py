@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from detector.alert import stack_ts
 from detector.artifact import save_artifact
 from detector.baseline import EntityBaselines
 from detector.level import LevelModel
 from detector.model import LstmGanDetector, ModelSpec, resolve_device
 from detector.network import Networks, NetworkShape
-from detector.alert import stack_ts
 from detector.offline import iter_windows, window_array
 from detector.scaler import StandardScaler
 from detector.season import SeasonProfile
