@@ -181,30 +181,6 @@ def test_cpu_training_is_reproducible_with_a_seed():
     assert a.threshold.value == b.threshold.value
 
 
-def test_window_critic_penalty_runs_on_every_gp_every_th_batch(monkeypatch):
-    """Lazy regularisation: the LSTM critic's gradient penalty on batches 0, N, 2N ... of each
-    epoch at N times the weight; the latent critic's on every batch."""
-    import training.trainer as trainer
-
-    calls = []
-    real = trainer.gradient_penalty
-
-    def counting(critic, a, b):
-        calls.append(a.dim())  # windows (B, W, C) for the window critic, (B, latent) otherwise
-        return real(critic, a, b)
-
-    monkeypatch.setattr(trainer, "gradient_penalty", counting)
-    ts, values = normal_data(200)
-    for every in (1, 4):
-        calls.clear()
-        config = TrainConfig(window=8, epochs=2, hidden=8, latent=4, batch_size=16,
-                             gp_every=every)
-        result = train(ts, values, CHANNELS, config)
-        batches = -(-result.metrics["windows_per_epoch"] // 16)
-        assert calls.count(2) == 2 * batches
-        assert calls.count(3) == 2 * -(-batches // every)
-
-
 def test_torch_threads_hold_through_calibration_and_are_restored(monkeypatch):
     import training.trainer as trainer
 

@@ -63,7 +63,6 @@ TRAINING_DEFAULTS = [
     (r"learning rate ([\d.e-]+), seed", "lr", None),
     (r"learning rate [\d.e-]+, seed (\d+)", "seed", None),
     (r"gradient penalty \(weight ([\d.]+)\)", "gp_weight", None),
-    (r"\(`gp_every` (\d+)\)", "gp_every", None),
     (r"reconstruction loss \(weight ([\d.]+)\)", "rec_weight", None),
     (r"fitted on the first ([\d.]+) % of the training rows", "calib_fraction",
      lambda f: 100 * (1 - f)),

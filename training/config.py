@@ -22,9 +22,6 @@ class TrainConfig:
     lr: float = 1e-3
     n_critic: int = 1
     gp_weight: float = 10.0
-    # the window critic's gradient penalty on every Nth batch only, N x weighted (lazy
-    # regularisation): its double backward through the LSTM is most of a training step's time
-    gp_every: int = 2
     rec_weight: float = 10.0
     adv_weight: float = 1.0
     critic_weight: float = 0.25  # weight of the critic term in the score, after normalisation

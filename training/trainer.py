@@ -257,12 +257,11 @@ def _epoch(
         x, y = in_all[idx], tgt_all[idx]
         if len(x) < 2:
             continue
-        penalise = n_batches % max(config.gp_every, 1) == 0
         n_batches += 1
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             if nets.adversarial:
                 for _ in range(config.n_critic):
-                    cx, cz = critic_step(nets, x, y, opt_c, config, penalise)
+                    cx, cz = critic_step(nets, x, y, opt_c, config)
                 sums["critic_x"] += cx
                 sums["critic_z"] += cz
             rec, adv = generator_step(nets, x, y, opt_g, config)
@@ -288,20 +287,15 @@ def too_few_windows(n_fit: int, n_calib: int, stats: AdvanceStats, max_gap_ms: i
 
 
 def critic_step(
-    nets: Networks, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
-    config: TrainConfig, penalise: bool = True,
+    nets: Networks, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, config: TrainConfig
 ):
-    """One Wasserstein step for both critics: real windows ``y`` vs generated, prior vs encoded.
-    The window critic's gradient penalty only when ``penalise`` (every ``gp_every``-th batch),
-    ``gp_every`` times weighted then; the latent critic's, which costs little, every step."""
+    """One Wasserstein step for both critics: real windows ``y`` vs generated, prior vs encoded."""
     z_prior = torch.randn(len(x), config.latent, device=x.device)
     with torch.no_grad():
         fake = nets.generator(z_prior)
         z_enc = nets.encoder(x)
     loss_x = nets.critic_x(fake).mean() - nets.critic_x(y).mean()
-    if penalise:
-        weight = config.gp_weight * max(config.gp_every, 1)
-        loss_x = loss_x + weight * gradient_penalty(nets.critic_x, y, fake)
+    loss_x = loss_x + config.gp_weight * gradient_penalty(nets.critic_x, y, fake)
     loss_z = nets.critic_z(z_enc).mean() - nets.critic_z(z_prior).mean()
     loss_z = loss_z + config.gp_weight * gradient_penalty(nets.critic_z, z_prior, z_enc)
     opt.zero_grad(set_to_none=True)
