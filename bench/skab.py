@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.file import read_table
+from connectors.file import Table, read_table
 from bench.quality import (
     ABLATED, DATASETS, MODELS, REFERENCES, ablation_flags, config_for, fit, flags_of, model_scored,
     stream_for, target_check,
@@ -40,7 +40,7 @@ def skab_files(group: str = "valve1") -> list[Path]:
     return files
 
 
-def read_file(path: Path):
+def read_file(path: Path) -> Table:
     """One SKAB file: its sensors, ``anomaly`` as the labels, ``changepoint`` left out."""
     return read_table(path, timestamp_column="datetime", label_column="anomaly",
                       exclude_columns=("changepoint",))
