@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 
 from ganwatch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SKAB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "skab" / "valve1" / "0.csv"
 
@@ -264,3 +267,22 @@ def test_train_and_evaluate_on_a_skab_file(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["rows"] == len(pd.read_csv(SKAB, sep=";")) - 400
     assert 0.0 <= result["f1"] <= 1.0 and result["pr_auc"] > 0.5
+
+
+def test_python_m_exits_130_after_an_interrupt_inside_exec(tmp_path):
+    # A SIGTERM during `demo` training can land inside an exec() of source text (a lazily built
+    # dataclass); `python -m` then ended the process by SIGINT (-2) although main() returned 130
+    probe = tmp_path / "interrupt_probe.py"
+    probe.write_text(
+        "import runpy\n"
+        "import ganwatch.cli\n"
+        "def main():\n"
+        "    try:\n"
+        "        exec('raise KeyboardInterrupt')\n"
+        "    except KeyboardInterrupt:\n"
+        "        return 130\n"
+        "ganwatch.cli.main = main\n"
+        "runpy.run_module('ganwatch', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-m", "interrupt_probe"], cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert done.returncode == 130
