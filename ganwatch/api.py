@@ -214,7 +214,7 @@ def fit(
     exclude: str | Sequence[str] | None = None, sep: str | None = None,
     train_rows: int | None = None, window: int = DEFAULTS.window, epochs: int = DEFAULTS.epochs,
     model: str = DEFAULTS.model, device: str = DEFAULTS.device, seed: int = DEFAULTS.seed,
-    batch_size: int = DEFAULTS.batch_size, hidden: int = DEFAULTS.hidden,
+    batch_size: int | None = None, hidden: int = DEFAULTS.hidden,
     latent: int = DEFAULTS.latent, lr: float = DEFAULTS.lr, max_gap_s: float | None = None,
     torch_threads: int = DEFAULTS.torch_threads, sample_budget: int = DEFAULTS.sample_budget,
     false_alarm_target: float = DEFAULTS.false_alarm_target,
@@ -229,7 +229,9 @@ def fit(
     1 s apart). Channels are ``channels``, else every numeric column not in ``exclude``.
     ``entity`` names the column that says which asset each row is from (a fleet): ``train_rows``
     then counts per entity and each entity keeps its own operating point (``detector.baseline``).
-    ``progress``, when given, is called after every epoch instead of the bar.
+    ``progress``, when given, is called after every epoch instead of the bar. ``batch_size``:
+    None gives ``TrainConfig``'s (32, or 64 where the sample budget cuts epochs); a number is used
+    for every history.
     """
     config = train_config(window=window, epochs=epochs, model=model, device=device, seed=seed,
                           batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,

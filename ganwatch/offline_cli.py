@@ -75,8 +75,9 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
                    help="auto picks CUDA when present (default %(default)s)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed,
                    help="seed of the weights and batches (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
-                   help="windows per training step (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"windows per training step (default {DEFAULTS.batch_size}, or "
+                        f"{DEFAULTS.long_batch_size} where the sample budget cuts epochs)")
     p.add_argument("--hidden", type=int, default=DEFAULTS.hidden,
                    help="LSTM hidden units (default %(default)s)")
     p.add_argument("--latent", type=int, default=DEFAULTS.latent,

@@ -77,11 +77,13 @@ def data_name(data: Any) -> str:
     return FRAME if isinstance(data, pd.DataFrame) else str(data)
 
 
-def train_config(*, window: int, epochs: int, model: str, device: str, seed: int, batch_size: int,
-                 hidden: int, latent: int, lr: float, max_gap_s: float | None, torch_threads: int,
+def train_config(*, window: int, epochs: int, model: str, device: str, seed: int,
+                 batch_size: int | None, hidden: int, latent: int, lr: float,
+                 max_gap_s: float | None, torch_threads: int,
                  sample_budget: int, threshold_margin: float | None, false_alarm_target: float,
                  train_rows: int | None, contamination: float) -> TrainConfig:
-    """The options' rules (the CLI's messages), then the ``TrainConfig`` they make."""
+    """The options' rules (the CLI's messages), then the ``TrainConfig`` they make. A given
+    ``batch_size`` is used for short and long histories alike; None keeps both defaults."""
     for name, value in (("--window", window), ("--epochs", epochs), ("--batch-size", batch_size),
                         ("--hidden", hidden), ("--latent", latent), ("--lr", lr)):
         positive(name, value)
@@ -98,9 +100,11 @@ def train_config(*, window: int, epochs: int, model: str, device: str, seed: int
     if not 0 <= contamination < 0.5:
         raise DataError(f"--contamination must lie in [0, 0.5) (a share of held-back stretches "
                         f"that may hold incidents, 0 = none), got {contamination}")
+    batches = {} if batch_size is None else {"batch_size": batch_size,
+                                             "long_batch_size": batch_size}
     return TrainConfig(
-        model=model, window=window, epochs=epochs, device=device, seed=seed,
-        batch_size=batch_size, hidden=hidden, latent=latent, lr=lr,
+        model=model, window=window, epochs=epochs, device=device, seed=seed, **batches,
+        hidden=hidden, latent=latent, lr=lr,
         max_gap_ms=None if max_gap_s is None else int(max_gap_s * 1000),
         threshold_margin=threshold_margin, false_alarm_target=false_alarm_target,
         contamination=contamination, torch_threads=torch_threads, sample_budget=sample_budget,

@@ -265,8 +265,9 @@ def test_budget_file_is_regular_and_trains_in_the_planned_epochs():
     # at issue #9's 20,000 rows the sample budget gives fewer, fuller epochs than the default 15
     fit_rows = int(round(load.BUDGET_ROWS * (1 - TrainConfig().calib_fraction)))
     fit_windows = fit_rows - TrainConfig().window + 1
-    epochs, per_epoch = epoch_plan(fit_windows, TrainConfig())
+    epochs, per_epoch, batch = epoch_plan(fit_windows, TrainConfig())
     assert epochs < TrainConfig().epochs and epochs * per_epoch <= TrainConfig().sample_budget
+    assert batch == TrainConfig().long_batch_size
 
 
 def test_quick_load_run_times_skab_and_the_budget_file(capsys):

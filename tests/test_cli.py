@@ -286,3 +286,20 @@ def test_python_m_exits_130_after_an_interrupt_inside_exec(tmp_path):
     done = subprocess.run([sys.executable, "-m", "interrupt_probe"], cwd=ROOT, timeout=120,
                           env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
     assert done.returncode == 130
+
+
+def test_batch_size_given_is_used_for_long_histories_too():
+    from ganwatch.option import train_config
+    from training.config import TrainConfig
+
+    common = dict(window=32, epochs=15, model="lstm-gan", device="cpu", seed=0, hidden=32,
+                  latent=16, lr=1e-3, max_gap_s=None, torch_threads=1, sample_budget=40_000,
+                  threshold_margin=None, false_alarm_target=1e-3, train_rows=None,
+                  contamination=0.1)
+    given = train_config(batch_size=16, **common)
+    assert (given.batch_size, given.long_batch_size) == (16, 16)
+    default = train_config(batch_size=None, **common)
+    assert (default.batch_size, default.long_batch_size) == (TrainConfig().batch_size,
+                                                              TrainConfig().long_batch_size)
+    with pytest.raises(ValueError, match="--batch-size"):
+        train_config(batch_size=0, **common)

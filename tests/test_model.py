@@ -181,6 +181,38 @@ def test_cpu_training_is_reproducible_with_a_seed():
     assert a.threshold.value == b.threshold.value
 
 
+def test_epoch_plan_takes_larger_batches_only_where_the_budget_cuts_epochs():
+    from training.trainer import epoch_plan
+
+    config = TrainConfig()  # 15 epochs, 40,000 windows
+    assert epoch_plan(369, config) == (15, 369, config.batch_size)  # a SKAB file: every epoch
+    assert epoch_plan(2666, config) == (15, 2666, config.batch_size)  # 39,990 windows: still all
+    assert epoch_plan(2667, config) == (14, 2667, config.long_batch_size)  # the budget cuts
+    assert epoch_plan(60_000, config) == (1, 40_000, config.long_batch_size)
+    assert config.long_batch_size > config.batch_size
+    mine = TrainConfig(batch_size=16, long_batch_size=16)  # what --batch-size 16 makes
+    assert epoch_plan(60_000, mine)[2] == epoch_plan(369, mine)[2] == 16
+
+
+def test_a_long_history_trains_in_long_batches_and_says_so_in_its_metrics(monkeypatch):
+    import training.trainer as trainer
+
+    sizes = []
+    real = trainer.generator_step
+
+    def generator_step(nets, x, *args, **kwargs):
+        sizes.append(len(x))
+        return real(nets, x, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "generator_step", generator_step)
+    ts, values = normal_data(300)
+    config = TrainConfig(window=8, epochs=4, hidden=8, latent=4, sample_budget=400,
+                         batch_size=8, long_batch_size=24)  # ~217 fit windows: 1 epoch of 4
+    result = train(ts, values, CHANNELS, config)
+    assert result.metrics["epochs"] == 1 and result.metrics["batch_size"] == 24
+    assert max(sizes) == 24 and len(sizes) == -(-result.metrics["windows_per_epoch"] // 24)
+
+
 def test_torch_threads_hold_through_calibration_and_are_restored(monkeypatch):
     import training.trainer as trainer
 

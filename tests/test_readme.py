@@ -81,6 +81,9 @@ TRAINING_DEFAULTS = [
     (r"\(one normal window in ([\d,]+)\)", "false_alarm_target", lambda v: f"{round(1 / v):,}"),
     (r"\(`--contamination`, default ([\d.]+)\)", "contamination", None),
     (r"([\d,]+) windows over all epochs", "sample_budget", lambda v: f"{v:,}"),
+    (r"each step takes (\d+)\s+windows instead of \d+ \(`long_batch_size`\)", "long_batch_size",
+     None),
+    (r"each step takes \d+\s+windows instead of (\d+)", "batch_size", None),
     (r"`--torch-threads` \(default (\d+)\)", "torch_threads", None),
     (r"on by default: `(channel_norm)`", "channel_norm", lambda on: "channel_norm" if on else None),
 ]

@@ -16,7 +16,10 @@ class TrainConfig:
     epochs: int = 15  # at most; fewer when the sample budget runs out first
     sample_budget: int = 40_000  # windows visited in all epochs together (see epoch_plan)
     torch_threads: int = 1  # torch CPU threads in train (epochs, calibration); 0 = default
-    batch_size: int = 32
+    batch_size: int = 32  # windows per training step
+    # ... where the sample budget cuts epochs (a long history): the window critic's gradient
+    # penalty costs about the same per step at any batch up to 64 on a CPU (see epoch_plan)
+    long_batch_size: int = 64
     hidden: int = 32
     latent: int = 16
     lr: float = 1e-3

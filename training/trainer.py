@@ -84,13 +84,16 @@ def resolve_max_gap_ms(ts_ms: np.ndarray, configured: int | None) -> int | None:
     return int(configured) or None
 
 
-def epoch_plan(n_windows: int, config: TrainConfig) -> tuple[int, int]:
-    """(epochs, windows per epoch) within ``sample_budget``: a short history gets every epoch, a
-    long one fewer epochs, and one longer than the budget a random subset per epoch. Training
-    time then grows with the budget, not with the file (an LSTM step costs the same per window)."""
+def epoch_plan(n_windows: int, config: TrainConfig) -> tuple[int, int, int]:
+    """(epochs, windows per epoch, batch) within ``sample_budget``: a short history gets every
+    epoch, a long one fewer epochs, and one longer than the budget a random subset per epoch.
+    Training time then grows with the budget, not with the file. Where the budget cuts epochs the
+    batch is ``long_batch_size``: the gradient penalty's double backward through the critic's
+    LSTM costs about the same per step whatever the batch, so larger batches halve its share."""
     per_epoch = min(n_windows, max(config.sample_budget, config.batch_size))
     epochs = max(1, min(config.epochs, config.sample_budget // max(per_epoch, 1)))
-    return epochs, per_epoch
+    batch = config.long_batch_size if epochs < config.epochs else config.batch_size
+    return epochs, per_epoch, batch
 
 
 def slow_channels(values: np.ndarray, limit: float, breaks: np.ndarray | None = None
@@ -207,14 +210,15 @@ def train(
     history: dict[str, list[float]] = {"reconstruction": []}
     if nets.adversarial:
         history.update({"critic_x": [], "critic_z": [], "adversarial": []})
-    epochs, per_epoch = epoch_plan(len(in_all), config)
+    epochs, per_epoch, batch = epoch_plan(len(in_all), config)
     threads_before = torch.get_num_threads()
     if config.torch_threads:  # for calibration too: extra threads spin when a core is taken
         torch.set_num_threads(config.torch_threads)
     try:
         started = time.perf_counter()
         for epoch in range(epochs):
-            _epoch(nets, in_all, tgt_all, rng, per_epoch, opt_g, opt_c, config, use_amp, history)
+            _epoch(nets, in_all, tgt_all, rng, per_epoch, batch, opt_g, opt_c, config, use_amp,
+                   history)
             if progress:
                 progress(epoch + 1, {k: v[-1] for k, v in history.items()})
             log.debug("epoch %d: %s", epoch + 1, {k: round(v[-1], 5) for k, v in history.items()})
@@ -228,7 +232,8 @@ def train(
         torch.set_num_threads(threads_before)
     metrics = {
         "train_seconds": round(train_seconds, 3),
-        "epochs": epochs, "windows_per_epoch": per_epoch, "max_gap_ms": max_gap_ms,
+        "epochs": epochs, "windows_per_epoch": per_epoch, "batch_size": batch,
+        "max_gap_ms": max_gap_ms,
         "skipped_rows": stats.duplicates, "gaps": stats.gaps,
         "fit_windows": int(len(fit_windows)),
         "calibration_windows": int(len(calib_windows)),
@@ -243,17 +248,19 @@ def train(
 
 def _epoch(
     nets: Networks, in_all: torch.Tensor, tgt_all: torch.Tensor, rng: np.random.Generator,
-    per_epoch: int, opt_g: torch.optim.Optimizer, opt_c: torch.optim.Optimizer | None,
-    config: TrainConfig, use_amp: bool, history: dict[str, list[float]],
+    per_epoch: int, batch: int, opt_g: torch.optim.Optimizer,
+    opt_c: torch.optim.Optimizer | None, config: TrainConfig, use_amp: bool,
+    history: dict[str, list[float]],
 ) -> None:
-    """One pass over ``per_epoch`` windows in random order; appends the mean losses to ``history``."""
+    """One pass over ``per_epoch`` windows in random order, ``batch`` at a time; appends the mean
+    losses to ``history``."""
     nets.train()
     device = in_all.device
     sums = dict.fromkeys(history, 0.0)
     order = torch.from_numpy(rng.permutation(len(in_all))[:per_epoch]).to(device)
     n_batches = 0
-    for i in range(0, len(order), config.batch_size):
-        idx = order[i : i + config.batch_size]
+    for i in range(0, len(order), batch):
+        idx = order[i : i + batch]
         x, y = in_all[idx], tgt_all[idx]
         if len(x) < 2:
             continue
