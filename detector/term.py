@@ -15,8 +15,8 @@ the sum of every term's contributions over channels.
   differences) falls below a tenth (``margin``) of the flattest training window's; zero otherwise.
 - ``NoiseTerm``: a channel that turns noisy or oscillates (a sticking valve, a loose bearing), which
   a model that cannot rebuild noise does not see either: the mirror of the flat term. Per channel,
-  how many robust spreads the window's variation rises above one and a half times (``margin``)
-  the roughest training window's; zero otherwise.
+  how many robust spreads the window's variation rises above 1.2 times (``margin``) the roughest
+  training window's; zero otherwise.
 - ``PeakTerm``: short spikes, which a window's mean error dilutes (3 rows of 32). Per channel, how
   far the log of the largest squared row residual (relative, as the error) rises above ten times
   (``margin``) the highest held-back value, in robust spreads of the channel's held-back log error.
@@ -40,7 +40,8 @@ import numpy as np
 from detector.score import ScoreBatch, shares
 
 LOG10 = float(np.log(10.0))
-LOG15 = float(np.log(1.5))
+LOG12 = float(np.log(1.2))
+LOG15 = float(np.log(1.5))  # the noise margin of artifacts that do not store one
 # float32 rounding moves an output by about 1e-7 of its size: spreads stay 100 x above that
 RESOLUTION = 1e-5
 NORMALISER_KEYS = ("rec_center", "rec_scale", "bias_weight", "channel_scale", "critic_center",
@@ -170,7 +171,7 @@ class NoiseTerm:
     ceiling: tuple[float, ...]  # per channel: highest log variation of any training window
     scale: tuple[float, ...]  # per channel: robust spread of that log variation
     weight: float = 1.0
-    margin: float = LOG15  # only variation over 1.5 x the ceiling counts
+    margin: float = LOG12  # only variation over 1.2 x the ceiling counts
 
     def contribution(self, parts: Parts, basis: np.ndarray) -> np.ndarray:
         above = (parts.variation - np.asarray(self.ceiling) - self.margin) / np.asarray(self.scale)

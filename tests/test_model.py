@@ -354,7 +354,7 @@ def test_peak_weight_zero_leaves_the_peak_term_out():
 
 
 def test_a_channel_that_turns_noisy_adds_its_noise_term_and_is_named(trained):
-    """Noise on one channel: the noise term (variation over 1.5 x the roughest training window)
+    """Noise on one channel: the noise term (variation over 1.2 x the roughest training window)
     adds to that channel only, zero on normal windows; the score is the other terms plus it."""
     n, loaded, _, w = per_channel_term(trained, "noise", seed=8)
     noisy = w.copy()

@@ -30,8 +30,8 @@ class TrainConfig:
     critic_weight: float = 0.25  # weight of the critic term in the score, after normalisation
     channel_norm: bool = True  # each channel's error relative to its median held-back error
     flat_weight: float = 1.0  # weight of the stuck-sensor term (0 turns it off)
-    noise_weight: float = 2.0  # weight of the noise term (0 turns it off)
-    noise_margin: float = math.log(1.5)  # only variation over 1.5 x the roughest training window
+    noise_weight: float = 4.0  # weight of the noise term (0 turns it off)
+    noise_margin: float = math.log(1.2)  # only variation over 1.2 x the roughest training window
     peak_weight: float = 2.0  # weight of the spike term (0 turns it off)
     peak_margin: float = math.log(10.0)  # only row peaks over 10 x the held-back highest count
     season_weight: float = 2.0  # weight of the seasonal term where a cycle is found (0: off)
