@@ -20,7 +20,6 @@ import numpy as np
 RIDGE = 1e-3
 VALIDATION = 0.3  # the latest share of training windows that judges each regression
 MIN_FIT_PER_INPUT = 2  # windows per regression input that fit it, at least
-MIN_JUDGED_PER_INPUT = 1  # ... and that judge it on the latest windows
 
 
 def features(scaled: np.ndarray) -> np.ndarray:
@@ -60,8 +59,8 @@ class LevelModel:
         first. A channel counts as explained when the regression, fitted on the older windows,
         predicts the latest ``VALIDATION`` share with R^2 >= ``min_r2``; it is then refitted on all.
         Judging on later windows keeps chance relations of a short history out. The regression
-        has ``2C`` inputs: it is fitted on at least twice as many windows and judged on at least
-        as many (``MIN_FIT_PER_INPUT``, ``MIN_JUDGED_PER_INPUT``)."""
+        has ``2C`` inputs and is fitted on at least twice as many windows (``MIN_FIT_PER_INPUT``);
+        the latest windows that judge it are then at least 0.85 times as many as its inputs."""
         n, _, c = scaled.shape
         feats = features(scaled)
         coef, intercept = np.zeros((2 * c, c)), np.zeros(c)
@@ -69,8 +68,7 @@ class LevelModel:
         explained = np.zeros(c, dtype=bool)
         split = int(n * (1 - VALIDATION))
         for j in np.flatnonzero(slow):
-            if c < 2 or split < MIN_FIT_PER_INPUT * 2 * c \
-                    or n - split < MIN_JUDGED_PER_INPUT * 2 * c:
+            if c < 2 or split < MIN_FIT_PER_INPUT * 2 * c:
                 continue
             others = [k for k in range(2 * c) if k % c != j]
             x, y = feats[:, others], feats[:, j]

@@ -38,11 +38,11 @@ def test_a_relation_that_breaks_later_in_training_is_not_trusted():
     assert not LevelModel.fit(x, np.array([True, True, False]), min_r2=0.95).explained[1]
 
 
-def test_a_short_history_is_judged_on_as_many_windows_as_the_regression_has_inputs():
-    # 3 channels: 6 inputs. 27 windows: fitted on 18 (>= 12), judged on the latest 9 (>= 6)
+def test_a_short_history_is_fitted_on_twice_as_many_windows_as_the_regression_has_inputs():
+    # 3 channels: 6 inputs. 27 windows: fitted on 18 (>= 12), judged on the latest 9
     level = LevelModel.fit(windows(n=27), np.array([True, True, True]), min_r2=0.95)
     assert list(level.explained) == [True, True, False]
-    # 19 windows: judged on 6, fitted on 13; 16 windows: fitted on 11 < 12, so not fitted at all
+    # 19 windows: fitted on 13, judged on 6; 16 windows: fitted on 11 < 12, so not fitted at all
     assert level.r2[1] > 0.99
     assert not np.isnan(LevelModel.fit(windows(n=19), np.array([False, True, False]), 0.95).r2[1])
     short = LevelModel.fit(windows(n=16), np.array([True, True, True]), min_r2=0.95)
