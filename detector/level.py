@@ -67,9 +67,9 @@ class LevelModel:
         r2 = np.full(c, np.nan)
         explained = np.zeros(c, dtype=bool)
         split = int(n * (1 - VALIDATION))
+        if c < 2 or split < MIN_FIT_PER_INPUT * 2 * c:
+            return cls(coef, intercept, explained, r2)
         for j in np.flatnonzero(slow):
-            if c < 2 or split < MIN_FIT_PER_INPUT * 2 * c:
-                continue
             others = [k for k in range(2 * c) if k % c != j]
             x, y = feats[:, others], feats[:, j]
             r2[j] = _r2(x[split:], y[split:], _ridge(x[:split], y[:split]))

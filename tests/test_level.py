@@ -42,8 +42,8 @@ def test_a_short_history_is_fitted_on_twice_as_many_windows_as_the_regression_ha
     # 3 channels: 6 inputs. 27 windows: fitted on 18 (>= 12), judged on the latest 9
     level = LevelModel.fit(windows(n=27), np.array([True, True, True]), min_r2=0.95)
     assert list(level.explained) == [True, True, False]
-    # 19 windows: fitted on 13, judged on 6; 16 windows: fitted on 11 < 12, so not fitted at all
     assert level.r2[1] > 0.99
+    # 19 windows: fitted on 13, judged on 6; 16 windows: fitted on 11 < 12, so not fitted at all
     assert not np.isnan(LevelModel.fit(windows(n=19), np.array([False, True, False]), 0.95).r2[1])
     short = LevelModel.fit(windows(n=16), np.array([True, True, True]), min_r2=0.95)
     assert not short.explained.any() and np.isnan(short.r2).all()
